@@ -1,0 +1,218 @@
+"""The component interfaces: what a backbone, noise model, dataset, reweighter and label
+corrector must provide. Plugins subclass these; the engine only ever talks to these bases.
+
+Every component class carries a unique ``name`` and an ``Options`` pydantic model holding its
+typed settings; the registry validates the user's options against it before building.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class NoOptions(BaseModel):
+    """Options of a component that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component:
+    """Base of every component: a ``name`` to pick it by and typed ``Options``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "component"
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def describe(cls) -> str:
+        """First line of the class docstring, for listings."""
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+# --------------------------------------------------------------------------- backbones
+class Backbone(Component):
+    """Builds a segmentation network."""
+
+    kind = "backbone"
+
+    def build(self, in_channels: int, out_channels: int) -> nn.Module:
+        """Return a module mapping images to logits.
+
+        Shape:
+            input - (N, in_channels, H, W); output - (N, out_channels, H, W)
+        """
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- noise models
+class NoiseModel(Component):
+    """Corrupts one clean mask (the truth is kept beside the result)."""
+
+    kind = "noise model"
+
+    def corrupt(self, mask: np.ndarray, rng: np.random.Generator, num_classes: int) -> np.ndarray:
+        """Return a corrupted copy of ``mask``: same shape and dtype, labels in [0, num_classes).
+
+        Shape:
+            mask - (H, W) integer labels; returns (H, W)
+        """
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class Split:
+    """Images and masks of one split.
+
+    Shape:
+        images - (N, C, H, W) float32; masks - (N, H, W) int64 labels in [0, num_classes)
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class Splits:
+    """The three splits a dataset provides; ``meta`` holds the few clean images."""
+
+    train: Split
+    meta: Split
+    test: Split
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+
+class Dataset(Component):
+    """Loads train / meta / test splits, deterministically for a seed."""
+
+    kind = "dataset"
+
+    def load(self, seed: int) -> Splits:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- reweighters
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RunContext:
+    """What a reweighter or corrector may know about the run, given once at setup."""
+
+    build_model: Callable[[], nn.Module]
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    loss_fn: LossFn
+    device: torch.device
+    num_classes: int
+    noise_rate: float
+    epochs: int
+    steps_per_epoch: int
+    seed: int
+
+
+@dataclass
+class StepContext:
+    """Everything about one training step that a reweighter may use.
+
+    Shape:
+        images - (N, C, H, W); labels - (N, H, W); logits - (N, K, H, W);
+        loss_map - (N, H, W), still attached to the graph of ``logits``;
+        meta_images / meta_labels - (M, C, H, W) / (M, H, W), or None
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    loss_map: torch.Tensor
+    step: int
+    epoch: int
+    meta_images: torch.Tensor | None = None
+    meta_labels: torch.Tensor | None = None
+
+
+class Reweighter(Component):
+    """Turns the step's per-pixel loss map into a non-negative weight map."""
+
+    kind = "reweighter"
+    #: the loop feeds a clean meta batch in every StepContext when True
+    needs_meta_batch: ClassVar[bool] = False
+
+    def setup(self, run: RunContext) -> None:
+        """Called once before training (build extra networks and optimisers here)."""
+
+    def weigh(self, ctx: StepContext) -> torch.Tensor:
+        """Return the weights of this step.
+
+        Shape:
+            returns (N, H, W), finite and >= 0; the loop detaches it
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+# --------------------------------------------------------------------------- label correctors
+class LabelCorrector(Component):
+    """Owns the current training labels; the loop always trains on :meth:`labels`.
+
+    The base class keeps the labels unchanged, so it is a complete 'none' corrector.
+    """
+
+    kind = "label corrector"
+    #: the loop calls :meth:`observe` with each batch's class probabilities when True
+    observes_predictions: ClassVar[bool] = False
+
+    def setup(self, labels: torch.Tensor, run: RunContext) -> None:
+        """Take the noisy training labels (N, H, W) int64, on the CPU."""
+        self.store = labels.clone()
+
+    def labels(self, index: torch.Tensor) -> torch.Tensor:
+        """Current labels of the samples ``index``: (B,) -> (B, H, W)."""
+        return self.store[index]
+
+    def observe(self, index: torch.Tensor, probs: torch.Tensor) -> None:
+        """See the model's class probabilities (B, K, H, W) for the samples ``index``."""
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Update labels at the end of ``epoch``; return metrics to log."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": self.store}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.store = state["labels"].clone()
+
+
+KINDS: dict[str, type[Component]] = {
+    "backbone": Backbone,
+    "noise": NoiseModel,
+    "dataset": Dataset,
+    "reweighter": Reweighter,
+    "corrector": LabelCorrector,
+}

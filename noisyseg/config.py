@@ -1,0 +1,173 @@
+"""The one typed configuration that a TOML/YAML file, the CLI and the Python API all fill.
+
+Component sections (``dataset``, ``noise``, ``backbone``, ``reweighter``, ``corrector``) hold a
+``name`` and free ``options``; the options are validated by the chosen component's own
+``Options`` model when the run is built, so a plugin brings its own settings.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from noisyseg.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentSpec(_Section):
+    """A component picked by name, with its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class NoiseSpec(ComponentSpec):
+    """The noise model and the fraction ``rate`` of training images it corrupts."""
+
+    name: str = "dilation"
+    rate: float = Field(0.4, ge=0.0, le=1.0, description="fraction r of corrupted training images")
+
+
+class TrainConfig(_Section):
+    """Optimisation settings of the one training loop."""
+
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps in all")
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_decay_epochs: list[int] = Field(default_factory=list, description="multiply lr by lr_decay_factor at these epochs")
+    lr_decay_factor: float = Field(0.1, gt=0, le=1)
+    train_on_meta: bool | None = Field(
+        None,
+        description="add the clean meta images to the training set; default: yes unless the "
+        "reweighter uses the meta set itself (as in the MCPM paper's baselines)",
+    )
+    meta_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+
+
+class OutputConfig(_Section):
+    """What the run writes."""
+
+    dir: Path | None = Field(None, description="run directory; default runs/<time>-<names>")
+    overwrite: bool = False
+    figure_images: int = Field(4, ge=0, le=16, description="test images shown in the PNG")
+
+
+class Config(_Section):
+    """A whole run. Every field has a default: ``Config()`` is the default run."""
+
+    seed: int = 0
+    device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
+    dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="synthetic"))
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    backbone: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="unet"))
+    reweighter: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="none"))
+    corrector: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="none"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def validate(data: dict[str, Any]) -> Config:
+    """Build a Config from plain data; errors name the field and what is allowed."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{loc}: {err['msg']}{shown}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: use a .toml, .yaml, .yml or .json file")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base`` (override wins)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """Turn ``"reweighter.options.alpha=0.01"`` into nested data; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.001), got {text!r}")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    for k in reversed(keys):
+        value = {k: value}
+    return value
+
+
+def resolve(
+    config: Config | dict[str, Any] | str | Path | None = None, **overrides: Any
+) -> Config:
+    """Any accepted form -> a validated Config. ``overrides`` use dotted keys with ``__``
+    (``train__epochs=3``) or nested dicts (``train={"epochs": 3}``)."""
+    if config is None:
+        data: dict[str, Any] = {}
+    elif isinstance(config, Config):
+        data = config.model_dump()
+    elif isinstance(config, dict):
+        data = config
+    else:
+        data = load_file(config)
+    for key, value in overrides.items():
+        nested: Any = value
+        for k in reversed(key.split("__")):
+            nested = {k: nested}
+        data = merge(data, nested)
+    return validate(data)
+
+
+def dump(config: Config) -> str:
+    """The resolved config as YAML (what is saved in the run directory)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

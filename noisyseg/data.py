@@ -1,0 +1,129 @@
+"""Training data with known corruption: clean and noisy masks side by side.
+
+The noise model is applied once, when the run starts, to exactly ``round(rate * N)`` training
+images chosen by the seed; each chosen image gets its own generator seeded by (seed, index), so
+the corruption of one image does not depend on the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from noisyseg.components import NoiseModel, Split, Splits
+from noisyseg.errors import DataError
+
+
+@dataclass
+class NoisyTrainSet:
+    """Training images with their noisy masks, clean masks and a flag per corrupted image.
+
+    Shape:
+        images - (N, C, H, W) float32; noisy, clean - (N, H, W) int64; corrupted - (N,) bool
+    """
+
+    images: torch.Tensor
+    noisy: torch.Tensor
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def choose_corrupted(n: int, rate: float, seed: int) -> np.ndarray:
+    """Boolean mask (n,) with exactly round(rate * n) True entries chosen by ``seed``."""
+    k = int(round(rate * n))
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.random.default_rng([seed, 0x5EED]).permutation(n)[:k]] = True
+    return chosen
+
+
+def corrupt_split(
+    split: Split, noise: NoiseModel, rate: float, seed: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (noisy masks, corrupted flags) for a split; the clean masks are left untouched."""
+    chosen = choose_corrupted(len(split), rate, seed)
+    noisy = split.masks.copy()
+    for i in np.flatnonzero(chosen):
+        rng = np.random.default_rng([seed, int(i)])
+        out = noise.corrupt(split.masks[i].copy(), rng, num_classes)
+        if out.shape != split.masks[i].shape:
+            raise DataError(
+                f"noise model '{noise.name}' changed the mask shape "
+                f"{split.masks[i].shape} -> {out.shape}"
+            )
+        noisy[i] = out
+    if noisy.size and (noisy.min() < 0 or noisy.max() >= num_classes):
+        raise DataError(f"noise model '{noise.name}' produced labels outside [0, {num_classes})")
+    return noisy.astype(np.int64), chosen
+
+
+def build_train_set(
+    splits: Splits, noise: NoiseModel, rate: float, seed: int, include_meta: bool
+) -> NoisyTrainSet:
+    """Corrupt the train split; optionally append the clean meta images (never corrupted)."""
+    noisy, chosen = corrupt_split(splits.train, noise, rate, seed, splits.num_classes)
+    images, clean = splits.train.images, splits.train.masks
+    if include_meta and len(splits.meta):
+        images = np.concatenate([images, splits.meta.images])
+        clean = np.concatenate([clean, splits.meta.masks])
+        noisy = np.concatenate([noisy, splits.meta.masks])
+        chosen = np.concatenate([chosen, np.zeros(len(splits.meta), dtype=bool)])
+    return NoisyTrainSet(
+        images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
+        noisy=torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.int64)),
+        clean=torch.from_numpy(np.ascontiguousarray(clean, dtype=np.int64)),
+        corrupted=torch.from_numpy(chosen),
+    )
+
+
+def check_splits(splits: Splits, source: str) -> None:
+    """Fail clearly when a dataset returns splits the engine cannot train on."""
+    for name in ("train", "test"):
+        if len(getattr(splits, name)) == 0:
+            raise DataError(f"dataset '{source}' has an empty {name} split")
+    shape = splits.train.images.shape[1:]
+    for name in ("train", "meta", "test"):
+        split: Split = getattr(splits, name)
+        if len(split) == 0:
+            continue
+        if split.images.ndim != 4 or split.masks.ndim != 3:
+            raise DataError(
+                f"dataset '{source}' {name} split: images must be (N, C, H, W) and masks "
+                f"(N, H, W), got {split.images.shape} and {split.masks.shape}"
+            )
+        if split.images.shape[1:] != shape or split.masks.shape[1:] != shape[1:]:
+            raise DataError(
+                f"dataset '{source}' {name} split: every image must be {tuple(shape)}, "
+                f"got images {split.images.shape[1:]} and masks {split.masks.shape[1:]}"
+            )
+        if split.masks.min() < 0 or split.masks.max() >= splits.num_classes:
+            raise DataError(
+                f"dataset '{source}' {name} split holds labels outside [0, {splits.num_classes})"
+            )
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches (the last, smaller batch is dropped if n > batch)."""
+    order = torch.randperm(n, generator=generator)
+    full = max(n // batch_size, 1)
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(full)]
+
+
+class Cycler:
+    """Endless shuffled batches from a fixed set of tensors (used for the meta set)."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        self.tensors = tensors
+        self.batch_size = min(batch_size, len(tensors[0]))
+        self.generator = torch.Generator().manual_seed(seed)
+        self._queue: list[torch.Tensor] = []
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        if not self._queue:
+            self._queue = batches(len(self.tensors[0]), self.batch_size, self.generator)
+        index = self._queue.pop(0)
+        return tuple(t[index] for t in self.tensors)

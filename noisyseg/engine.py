@@ -1,0 +1,407 @@
+"""The one training loop. It names no method: every component comes from the registry.
+
+    for each step:
+        x, y   = batch, labels from the corrector     (possibly corrected labels)
+        L      = per-pixel loss of model(x) vs y      (N, H, W)
+        w      = reweighter.weigh(step context)       (N, H, W), detached
+        loss   = mean(w * L); backward; optimiser step
+        corrector.observe(index, probabilities)       (if it wants them)
+    end of epoch: corrector.end_epoch, lr decay, test evaluation, metrics.jsonl, checkpoint
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from noisyseg import figures, rundir
+from noisyseg.components import (
+    Backbone,
+    Dataset,
+    LabelCorrector,
+    NoiseModel,
+    Reweighter,
+    RunContext,
+    Splits,
+    StepContext,
+)
+from noisyseg.config import Config, resolve
+from noisyseg.data import Cycler, NoisyTrainSet, batches, build_train_set, check_splits
+from noisyseg.errors import ConfigError, NoisysegError
+from noisyseg.losses import class_probs, out_channels, per_pixel_loss, predict
+from noisyseg.metrics import detection_auroc, evaluate
+from noisyseg.plugins import Registry, build_plugin_manager
+
+#: at most this many training pixels per epoch are kept to score the weights (AUROC)
+_WEIGHT_SAMPLE = 1_000_000
+
+
+class NumericalError(NoisysegError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    config: Config
+    model: nn.Module = field(repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: cannot read {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Components:
+    dataset: Dataset
+    noise: NoiseModel
+    backbone: Backbone
+    reweighter: Reweighter
+    corrector: LabelCorrector
+
+
+def build_components(config: Config, registry: Registry) -> Components:
+    return Components(
+        dataset=registry.build("dataset", config.dataset.name, config.dataset.options),
+        noise=registry.build("noise", config.noise.name, config.noise.options),
+        backbone=registry.build("backbone", config.backbone.name, config.backbone.options),
+        reweighter=registry.build("reweighter", config.reweighter.name, config.reweighter.options),
+        corrector=registry.build("corrector", config.corrector.name, config.corrector.options),
+    )
+
+
+def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+@torch.no_grad()
+def predict_all(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Predicted labels (N, H, W) for images (N, C, H, W), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [
+        predict(model(images[i : i + batch_size].to(device))).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+class WeightStats:
+    """Accumulates weights on corrupted and clean training pixels during one epoch."""
+
+    def __init__(self, seed: int) -> None:
+        self.weights: list[np.ndarray] = []
+        self.wrong: list[np.ndarray] = []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, weights: torch.Tensor, wrong: torch.Tensor, budget: int) -> None:
+        w = weights.detach().float().cpu().numpy().ravel()
+        c = wrong.cpu().numpy().ravel()
+        if w.size > budget:
+            keep = self.rng.choice(w.size, size=budget, replace=False)
+            w, c = w[keep], c[keep]
+        self.weights.append(w)
+        self.wrong.append(c)
+
+    def summary(self) -> dict[str, float]:
+        if not self.weights:
+            return {}
+        w, c = np.concatenate(self.weights), np.concatenate(self.wrong)
+        nan = float("nan")
+        return {
+            "weight_mean_corrupted": float(w[c].mean()) if c.any() else nan,
+            "weight_mean_clean": float(w[~c].mean()) if (~c).any() else nan,
+            "weight_auroc": detection_auroc(1.0 - w, c),
+        }
+
+
+def run(
+    config: Config | dict[str, Any] | str | Path | None = None,
+    *,
+    plugin_manager: pluggy.PluginManager | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> RunResult:
+    """Train one model as ``config`` says and evaluate it on the clean test split.
+
+    Args:
+        config: a :class:`Config`, plain data, a path to a TOML/YAML/JSON file, or None.
+        plugin_manager: use this manager (default: a fresh one with every installed plugin).
+        progress: show a progress bar.
+        **overrides: config fields with ``__`` for nesting, e.g. ``train__epochs=3``.
+    """
+    cfg = resolve(config, **overrides)
+    pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
+    parts = build_components(cfg, Registry(pm))
+    device = resolve_device(cfg.device)
+    run_dir = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
+    rundir.check_free(run_dir, cfg.output.overwrite)
+
+    seed_everything(cfg.seed)
+    splits = parts.dataset.load(cfg.seed)
+    check_splits(splits, cfg.dataset.name)
+    needs_meta = parts.reweighter.needs_meta_batch
+    if needs_meta and len(splits.meta) == 0:
+        raise ConfigError(
+            f"reweighter '{cfg.reweighter.name}' needs a clean meta set, but dataset "
+            f"'{cfg.dataset.name}' has an empty meta split; give the dataset a meta split"
+        )
+    include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
+    train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta)
+
+    model = parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=cfg.train.lr_decay_epochs, gamma=cfg.train.lr_decay_factor
+    )
+    steps_per_epoch = max(len(train) // cfg.train.batch_size, 1)
+    context = RunContext(
+        build_model=lambda: parts.backbone.build(
+            splits.in_channels, out_channels(splits.num_classes)
+        ).to(device),
+        make_optimizer=lambda params: make_optimizer(cfg, params),
+        loss_fn=per_pixel_loss,
+        device=device,
+        num_classes=splits.num_classes,
+        noise_rate=cfg.noise.rate,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=steps_per_epoch,
+        seed=cfg.seed,
+    )
+    parts.reweighter.setup(context)
+    parts.corrector.setup(train.noisy, context)
+    meta = (
+        Cycler(
+            (torch.from_numpy(splits.meta.images), torch.from_numpy(splits.meta.masks)),
+            cfg.train.meta_batch_size or cfg.train.batch_size,
+            cfg.seed + 1,
+        )
+        if needs_meta
+        else None
+    )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (rundir.HISTORY, rundir.FINAL):
+        (run_dir / stale).unlink(missing_ok=True)
+    rundir.write_config(run_dir, cfg)
+
+    loop = _Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir)
+    history = loop.train(progress)
+    final = loop.finish()
+    return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model)
+
+
+class _Loop:
+    """State of one training run, split into steps so each part reads top to bottom."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        parts: Components,
+        pm: pluggy.PluginManager,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        train: NoisyTrainSet,
+        splits: Splits,
+        meta: Cycler | None,
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        self.cfg, self.parts, self.pm = cfg, parts, pm
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_set, self.splits, self.meta = train, splits, meta
+        self.device, self.run_dir = device, run_dir
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.step = 0
+
+    def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
+        x = self.train_set.images[index].to(self.device)
+        labels = self.parts.corrector.labels(index)
+        y = labels.to(self.device)
+        logits = self.model(x)
+        loss_map = per_pixel_loss(logits, y)
+        meta_x = meta_y = None
+        if self.meta is not None:
+            meta_x, meta_y = (t.to(self.device) for t in next(self.meta))
+        ctx = StepContext(
+            model=self.model, optimizer=self.optimizer, images=x, labels=y, logits=logits,
+            loss_map=loss_map, step=self.step, epoch=epoch, meta_images=meta_x, meta_labels=meta_y,
+        )
+        weights = self.parts.reweighter.weigh(ctx).detach()
+        if weights.shape != loss_map.shape:
+            raise NoisysegError(
+                f"reweighter '{self.cfg.reweighter.name}' returned weights of shape "
+                f"{tuple(weights.shape)}, expected {tuple(loss_map.shape)}"
+            )
+        loss = (weights * loss_map).mean()
+        if not torch.isfinite(loss):
+            raise NumericalError(
+                f"loss is {loss.item()} at step {self.step} (epoch {epoch + 1}); the last good "
+                f"checkpoint is {self.run_dir / rundir.CHECKPOINT}. Try a lower train.lr or "
+                "train.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        if self.parts.corrector.observes_predictions:
+            self.parts.corrector.observe(index, class_probs(logits.detach()).cpu())
+        wrong = labels != self.train_set.clean[index]
+        budget = _WEIGHT_SAMPLE // max(self.steps_per_epoch, 1)
+        stats.add(weights, wrong, budget)
+        self.step += 1
+        return float(loss.item())
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(len(self.train_set) // self.cfg.train.batch_size, 1)
+
+    def train(self, progress: bool) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        total = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        bar = tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True)
+        try:
+            for epoch in range(cfg.train.epochs):
+                bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
+                start, losses = time.perf_counter(), []
+                stats = WeightStats(cfg.seed + epoch)
+                self.model.train()
+                for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
+                    losses.append(self._step(index, epoch, stats))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
+                        break
+                record = self._end_epoch(epoch, losses, stats, time.perf_counter() - start)
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
+                if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
+                    break
+        finally:
+            bar.close()
+        return self.history
+
+    def _end_epoch(
+        self, epoch: int, losses: list[float], stats: WeightStats, seconds: float
+    ) -> dict[str, Any]:
+        corrector_metrics = self.parts.corrector.end_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        store = self.parts.corrector.store
+        test = self._evaluate(distances=False)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": lr,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "label_error": float((store != self.train_set.clean).float().mean()),
+            **stats.summary(),
+            **corrector_metrics,
+            **{f"test_{k}": v for k, v in test.items()},
+            "seconds": round(seconds, 3),
+        }
+        self.history.append(record)
+        rundir.append_history(self.run_dir, record)
+        rundir.save_checkpoint(self.run_dir, self._state(epoch))
+        self.pm.hook.on_epoch_end(epoch=epoch + 1, metrics=dict(record), run_dir=str(self.run_dir))
+        return record
+
+    def _evaluate(self, distances: bool) -> dict[str, float]:
+        preds = predict_all(self.model, torch.from_numpy(self.splits.test.images), self.device)
+        return evaluate(preds, self.splits.test.masks, self.splits.num_classes, distances)
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "reweighter": self.parts.reweighter.state_dict(),
+            "corrector": self.parts.corrector.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+            "history": self.history,
+        }
+
+    def finish(self) -> dict[str, float]:
+        """Final test metrics (Hausdorff included), metrics.json and the pictures."""
+        final = self._evaluate(distances=True)
+        final = {
+            **final,
+            "epochs": len(self.history),
+            "steps": self.step,
+            "seconds": round(sum(h["seconds"] for h in self.history), 3),
+        }
+        rundir.write_final(self.run_dir, final)
+        figures.save_curves(self.run_dir / rundir.CURVES, self.history)
+        figures.save_examples(
+            self.run_dir / rundir.EXAMPLES, self._example_rows(), self.splits.num_classes
+        )
+        return final
+
+    def _example_rows(self) -> list[dict[str, Any]]:
+        n = self.cfg.output.figure_images
+        ts = self.train_set
+        corrupted = torch.nonzero(ts.corrupted).flatten()[: (n + 1) // 2]
+        train_idx = corrupted if len(corrupted) else torch.arange(min(len(ts), (n + 1) // 2))
+        test_idx = np.arange(min(len(self.splits.test), n - len(train_idx)))
+        rows = []
+        train_pred = predict_all(self.model, ts.images[train_idx], self.device)
+        for k, i in enumerate(train_idx.tolist()):
+            rows.append({
+                "title": f"train #{i}" + (" (corrupted)" if bool(ts.corrupted[i]) else ""),
+                "image": ts.images[i].numpy(), "clean": ts.clean[i].numpy(),
+                "noisy": ts.noisy[i].numpy(), "pred": train_pred[k],
+            })
+        test_pred = predict_all(self.model, torch.from_numpy(self.splits.test.images[test_idx]), self.device)
+        for k, i in enumerate(test_idx.tolist()):
+            rows.append({
+                "title": f"test #{i}", "image": self.splits.test.images[i],
+                "clean": self.splits.test.masks[i], "pred": test_pred[k],
+            })
+        return rows

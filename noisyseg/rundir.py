@@ -1,0 +1,76 @@
+"""The run directory: what a run writes, written so that nothing is ever half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisyseg.config import Config, dump
+from noisyseg.errors import ConfigError
+
+CONFIG = "config.yaml"
+HISTORY = "metrics.jsonl"
+FINAL = "metrics.json"
+CHECKPOINT = "checkpoint.pt"
+EXAMPLES = "examples.png"
+CURVES = "curves.png"
+
+
+def default_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parts = [config.dataset.name, config.noise.name, config.reweighter.name]
+    if config.corrector.name != "none":
+        parts.append(config.corrector.name)
+    return Path("runs") / f"{stamp}-{'-'.join(parts)}"
+
+
+def check_free(path: Path, overwrite: bool) -> None:
+    """Refuse a directory that already holds a run, unless ``overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output.dir {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        what = "a finished run" if (path / FINAL).exists() else "files from another run"
+        raise ConfigError(
+            f"run directory {path} already holds {what}; choose another --out or pass --overwrite"
+        )
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    write_text(run_dir / CONFIG, dump(config))
+
+
+def append_history(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / HISTORY, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def write_final(run_dir: Path, metrics: dict[str, Any]) -> None:
+    write_text(run_dir / FINAL, json.dumps(metrics, indent=2) + "\n")
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))

@@ -1,0 +1,85 @@
+"""``unet``: a small U-Net of our own (Ronneberger et al., MICCAI 2015), CPU-friendly by default.
+
+Each level is two 3x3 conv + BatchNorm + ReLU; the encoder halves the size with max pooling, the
+decoder upsamples bilinearly (twice-differentiable, which the meta reweighters need) to the size
+of the skip connection, so any input size works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from noisyseg import Backbone
+
+
+def _block(cin: int, cout: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net with ``depth`` poolings and ``base`` channels at full resolution.
+
+    Shape:
+        input - (N, in_channels, H, W); output - (N, out_channels, H, W)
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, base: int = 16, depth: int = 3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for w in widths:
+            self.down.append(_block(cin, w, dropout))
+            cin = w
+        self.up = nn.ModuleList(
+            _block(widths[i + 1] + widths[i], widths[i], dropout) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+class UNetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_channels: int = Field(16, ge=1, le=512, description="channels at full resolution")
+    depth: int = Field(3, ge=1, le=7, description="number of poolings")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class UNetBackbone(Backbone):
+    """Our own U-Net: BatchNorm, bilinear upsampling, depth and width configurable."""
+
+    name = "unet"
+    Options = UNetOptions
+
+    def build(self, in_channels: int, out_channels: int) -> nn.Module:
+        o = self.options
+        return UNet(in_channels, out_channels, o.base_channels, o.depth, o.dropout)

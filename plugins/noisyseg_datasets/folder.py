@@ -1,0 +1,185 @@
+"""``folder``: the user's own images and masks.
+
+Layout (``root`` is required)::
+
+    root/images/case01.png   root/masks/case01.png      one split, cut by meta/test_fraction
+    root/train/images/...    root/train/masks/...      or explicit splits: train, test, meta
+    root/test/...            root/meta/...             (meta is optional)
+
+Images and masks pair up by file name without extension. Formats: PNG, JPEG, BMP, TIFF (Pillow),
+NPY (NumPy) and NIfTI (.nii / .nii.gz, nibabel; a 3-D volume becomes one sample per axial slice).
+Masks hold integer labels 0..num_classes-1; a mask of only 0 and 255 is read as binary.
+Integer images are scaled by their type's maximum; float images are used as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from noisyseg import DataError, Dataset, Split, Splits
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+
+
+def stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_array(path: Path) -> np.ndarray:
+    """A file as an array: (H, W), (H, W, C) for pictures, (H, W, D) for NIfTI volumes."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return np.asarray(nib.load(path).dataobj)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except Exception as exc:  # a corrupt or unreadable file
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _as_samples(array: np.ndarray, path: Path, is_mask: bool) -> list[np.ndarray]:
+    """Split a file's array into 2-D samples: (H, W) or (H, W, C) pictures; NIfTI volumes slice."""
+    if path.name.lower().endswith((".nii", ".nii.gz")) and array.ndim == 3:
+        return [array[..., z] for z in range(array.shape[-1])]
+    if array.ndim == 2 or (array.ndim == 3 and not is_mask and array.shape[-1] in (1, 3, 4)):
+        return [array]
+    raise DataError(f"{path}: cannot use an array of shape {array.shape} as a 2-D "
+                    f"{'mask' if is_mask else 'image'}")
+
+
+def to_image(array: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (C, H, W) float32; integer types scaled to [0, 1]."""
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]  # drop alpha
+    scaled = array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        scaled /= max(np.iinfo(array.dtype).max, 1)
+    elif array.dtype == bool:
+        pass
+    return scaled[None] if scaled.ndim == 2 else np.moveaxis(scaled, -1, 0)
+
+
+def to_mask(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integer labels; non-integer values are an error, a 0/255 mask becomes 0/1."""
+    if array.dtype == bool:
+        return array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise DataError(f"mask {path} holds non-integer values; masks must hold class labels")
+    labels = array.astype(np.int64)
+    values = np.unique(labels)
+    if len(values) <= 2 and values.max(initial=0) == 255:
+        labels = (labels == 255).astype(np.int64)
+    return labels
+
+
+class FolderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: Path = Field(..., description="folder holding images/ and masks/ (or train/, test/, meta/)")
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    num_classes: int | None = Field(None, ge=2, description="default: largest label + 1 (at least 2)")
+    meta_fraction: float = Field(0.1, ge=0, lt=1, description="when there are no split folders")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="when there are no split folders")
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> FolderOptions:
+        if self.meta_fraction + self.test_fraction >= 1:
+            raise ValueError("meta_fraction + test_fraction must be < 1")
+        return self
+
+
+class FolderDataset(Dataset):
+    """Your own images and masks (PNG/JPEG/TIFF/NPY/NIfTI) from a folder."""
+
+    name = "folder"
+    Options = FolderOptions
+
+    def read_pairs(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked."""
+        o = self.options
+        img_dir, mask_dir = folder / o.images_dir, folder / o.masks_dir
+        for d in (img_dir, mask_dir):
+            if not d.is_dir():
+                raise DataError(f"dataset folder {folder} has no '{d.name}' folder ({d} is missing)")
+        images = {stem(p): p for p in sorted(img_dir.iterdir()) if p.name.lower().endswith(IMAGE_SUFFIXES)}
+        masks = {stem(p): p for p in sorted(mask_dir.iterdir()) if p.name.lower().endswith(IMAGE_SUFFIXES)}
+        if not images:
+            raise DataError(f"no images found in {img_dir} (accepted: {', '.join(IMAGE_SUFFIXES)})")
+        unpaired = sorted(set(images) ^ set(masks))
+        if unpaired:
+            shown = ", ".join(unpaired[:5]) + (" ..." if len(unpaired) > 5 else "")
+            raise DataError(
+                f"images and masks in {folder} do not pair up by name: {len(unpaired)} without a "
+                f"partner ({shown})"
+            )
+        xs, ys, shape, first = [], [], None, None
+        for key in sorted(images):
+            img_arr, mask_arr = read_array(images[key]), read_array(masks[key])
+            img_samples = _as_samples(img_arr, images[key], is_mask=False)
+            mask_samples = _as_samples(mask_arr, masks[key], is_mask=True)
+            if len(img_samples) != len(mask_samples) or img_samples[0].shape[:2] != mask_samples[0].shape[:2]:
+                raise DataError(
+                    f"image {images[key].name} {img_arr.shape} and mask {masks[key].name} "
+                    f"{mask_arr.shape} differ in size"
+                )
+            for im, m in zip(img_samples, mask_samples, strict=True):
+                x, y = to_image(im), to_mask(m, masks[key])
+                if shape is None:
+                    shape, first = x.shape, images[key].name
+                elif x.shape != shape:
+                    raise DataError(
+                        f"all images must have one size and channel count: {first} is {shape}, "
+                        f"{images[key].name} is {x.shape}; resize them first"
+                    )
+                xs.append(x)
+                ys.append(y)
+        return np.stack(xs), np.stack(ys)
+
+    def load(self, seed: int) -> Splits:
+        o = self.options
+        root = Path(o.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"dataset folder {root} does not exist")
+        if (root / "train").is_dir():
+            parts = {}
+            for name in ("train", "meta", "test"):
+                if (root / name).is_dir():
+                    parts[name] = Split(*self.read_pairs(root / name))
+            if "test" not in parts:
+                raise DataError(f"{root} has a train/ folder but no test/ folder")
+        else:
+            x, y = self.read_pairs(root)
+            order = np.random.default_rng(o.split_seed).permutation(len(x))
+            n_test = max(1, round(o.test_fraction * len(x)))
+            n_meta = round(o.meta_fraction * len(x))
+            if len(x) - n_test - n_meta < 1:
+                raise DataError(f"{root}: {len(x)} samples are too few to split into train/meta/test")
+            cuts = {"test": order[:n_test], "meta": order[n_test : n_test + n_meta],
+                    "train": order[n_test + n_meta :]}
+            parts = {name: Split(x[idx], y[idx]) for name, idx in cuts.items()}
+        if "meta" not in parts:
+            train = parts["train"]
+            parts["meta"] = Split(train.images[:0], train.masks[:0])
+        top = max(int(p.masks.max(initial=0)) for p in parts.values() if len(p))
+        k = o.num_classes if o.num_classes is not None else max(top + 1, 2)
+        if top >= k:
+            raise DataError(
+                f"masks in {root} hold label {top}, outside the class range 0..{k - 1} "
+                f"(dataset.options.num_classes = {k})"
+            )
+        return Splits(**parts, num_classes=k)
