@@ -65,7 +65,8 @@ def cli() -> None:
               help="TOML, YAML or JSON file; flags given here override it.")
 @click.option("--dataset", help="Dataset name (default: synthetic).")
 @click.option("--noise", help="Noise model corrupting the training masks (default: dilation).")
-@click.option("--noise-rate", type=float, help="Fraction r of training images corrupted, in [0, 1] (default: 0.4).")
+@click.option("--noise-rate", type=float,
+              help="Fraction r of training images corrupted, in [0, 1] (default: 0.4).")
 @click.option("--backbone", help="Segmentation network (default: unet).")
 @click.option("--reweighter", help="Per-pixel reweighting strategy (default: none).")
 @click.option("--corrector", help="Label corrector (default: none).")
@@ -77,7 +78,8 @@ def cli() -> None:
 @click.option("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<time>-<dataset>-<noise>-<reweighter>).")
-@click.option("--overwrite", is_flag=True, default=None, help="Allow writing into a directory that holds a run.")
+@click.option("--overwrite", is_flag=True, default=None,
+              help="Allow writing into a directory that holds a run.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Set any config field, e.g. --set reweighter.options.alpha=0.01 (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

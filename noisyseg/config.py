@@ -29,6 +29,22 @@ class ComponentSpec(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class DatasetSpec(ComponentSpec):
+    name: str = "synthetic"
+
+
+class BackboneSpec(ComponentSpec):
+    name: str = "unet"
+
+
+class ReweighterSpec(ComponentSpec):
+    name: str = "none"
+
+
+class CorrectorSpec(ComponentSpec):
+    name: str = "none"
+
+
 class NoiseSpec(ComponentSpec):
     """The noise model and the fraction ``rate`` of training images it corrupts."""
 
@@ -46,7 +62,9 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    lr_decay_epochs: list[int] = Field(default_factory=list, description="multiply lr by lr_decay_factor at these epochs")
+    lr_decay_epochs: list[int] = Field(
+        default_factory=list, description="multiply lr by lr_decay_factor at these epochs"
+    )
     lr_decay_factor: float = Field(0.1, gt=0, le=1)
     train_on_meta: bool | None = Field(
         None,
@@ -70,11 +88,11 @@ class Config(_Section):
 
     seed: int = 0
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
-    dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="synthetic"))
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
-    backbone: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="unet"))
-    reweighter: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="none"))
-    corrector: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="none"))
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    reweighter: ReweighterSpec = Field(default_factory=ReweighterSpec)
+    corrector: CorrectorSpec = Field(default_factory=CorrectorSpec)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

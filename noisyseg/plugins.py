@@ -82,7 +82,10 @@ def build_plugin_manager(
             if ep.dist is not None:
                 pm.distributions[ep.name] = (ep.dist.name, ep.dist.version)
     for plugin in plugins:
-        pm.register(plugin)
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if pm.get_plugin(name) is not None:
+            name = f"{name}-{id(plugin)}"
+        pm.register(plugin, name=name)
     pm.check_pending()
     return pm
 

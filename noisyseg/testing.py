@@ -1,0 +1,202 @@
+"""Contract checks every component must pass, exported so that third-party plugin packages can
+run them on their own components:
+
+    from noisyseg.testing import check_reweighter
+    def test_my_reweighter():
+        check_reweighter(MyReweighter)
+
+Each ``check_*`` takes a component class (built with default options unless ``options`` is
+given) and raises AssertionError with a readable message when the contract is broken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from noisyseg.components import (
+    Backbone,
+    Dataset,
+    LabelCorrector,
+    NoiseModel,
+    Reweighter,
+    RunContext,
+    StepContext,
+)
+from noisyseg.losses import out_channels, per_pixel_loss
+
+
+def tiny_run_config(**overrides: Any) -> dict[str, Any]:
+    """Plain config data for a run that takes a few seconds on a CPU (tests, examples)."""
+    from noisyseg.config import merge
+
+    base = {
+        "dataset": {"name": "synthetic",
+                    "options": {"size": 32, "n_train": 24, "n_meta": 8, "n_test": 8,
+                                "min_radius": 2.0, "max_radius": 5.0}},
+        "backbone": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+        "train": {"epochs": 1, "batch_size": 8},
+        "output": {"figure_images": 2},
+    }
+    for key, value in overrides.items():  # a component picked by another name drops the options
+        if isinstance(value, dict) and value.get("name", base.get(key, {}).get("name")) != base.get(
+            key, {}
+        ).get("name"):
+            base.pop(key, None)
+    return merge(base, overrides)
+
+
+def random_masks(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """A few blob-like integer masks (n, size, size) for contract checks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    masks = np.zeros((n, size, size), dtype=np.int64)
+    for i in range(n):
+        for c in range(1, num_classes):
+            cy, cx = rng.uniform(size * 0.25, size * 0.75, size=2)
+            r = rng.uniform(size * 0.1, size * 0.25)
+            masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
+    return masks
+
+
+def check_backbone(cls: type[Backbone], options: dict[str, Any] | None = None) -> None:
+    """(N, C, H, W) -> finite (N, K, H, W) logits with finite gradients, binary and 3-class."""
+    backbone = cls(cls.Options.model_validate(options or {}))
+    torch.manual_seed(0)
+    for in_ch, classes in ((1, 2), (3, 3)):
+        net = backbone.build(in_ch, out_channels(classes))
+        x = torch.randn(2, in_ch, 64, 64)
+        logits = net(x)
+        assert logits.shape == (2, out_channels(classes), 64, 64), (
+            f"{cls.name}: logits shape {tuple(logits.shape)}, expected "
+            f"{(2, out_channels(classes), 64, 64)}"
+        )
+        assert torch.isfinite(logits).all(), f"{cls.name}: non-finite logits"
+        y = torch.randint(0, classes, (2, 64, 64))
+        per_pixel_loss(logits, y).mean().backward()
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), (
+            f"{cls.name}: missing or non-finite gradients"
+        )
+
+
+def check_noise_model(cls: type[NoiseModel], options: dict[str, Any] | None = None) -> None:
+    """Same shape and dtype, labels in range, deterministic for a seed, input left untouched."""
+    noise = cls(cls.Options.model_validate(options or {}))
+    for num_classes in (2, 3):
+        for mask in random_masks(4, 48, num_classes, seed=num_classes):
+            before = mask.copy()
+            a = noise.corrupt(mask.copy(), np.random.default_rng(7), num_classes)
+            b = noise.corrupt(mask.copy(), np.random.default_rng(7), num_classes)
+            noise.corrupt(mask, np.random.default_rng(7), num_classes)
+            assert np.array_equal(mask, before), f"{cls.name}: corrupt() modified its input"
+            assert a.shape == mask.shape and a.dtype == mask.dtype, (
+                f"{cls.name}: returned {a.shape} {a.dtype}, expected {mask.shape} {mask.dtype}"
+            )
+            assert a.min() >= 0 and a.max() < num_classes, f"{cls.name}: labels out of range"
+            assert np.array_equal(a, b), f"{cls.name}: not deterministic for a fixed generator"
+
+
+def check_dataset(cls: type[Dataset], options: dict[str, Any] | None = None) -> None:
+    """Splits of matching shapes, labels in range, identical when loaded twice."""
+    from noisyseg.data import check_splits
+
+    dataset = cls(cls.Options.model_validate(options or {}))
+    a, b = dataset.load(0), dataset.load(0)
+    check_splits(a, cls.name)
+    for name in ("train", "meta", "test"):
+        sa, sb = getattr(a, name), getattr(b, name)
+        assert sa.images.dtype == np.float32 and sa.masks.dtype == np.int64, (
+            f"{cls.name}: {name} split must be float32 images and int64 masks"
+        )
+        assert np.array_equal(sa.images, sb.images) and np.array_equal(sa.masks, sb.masks), (
+            f"{cls.name}: {name} split differs between two loads with the same seed"
+        )
+
+
+def _context(model: torch.nn.Module, num_classes: int) -> RunContext:
+    return RunContext(
+        build_model=lambda: _tiny_model(num_classes),
+        make_optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+        loss_fn=per_pixel_loss,
+        device=torch.device("cpu"),
+        num_classes=num_classes,
+        noise_rate=0.4,
+        epochs=2,
+        steps_per_epoch=2,
+        seed=0,
+    )
+
+
+def _tiny_model(num_classes: int) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, out_channels(num_classes), 3, padding=1),
+    )
+
+
+def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    reweighter = cls(cls.Options.model_validate(options or {}))
+    model = _tiny_model(2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    reweighter.setup(_context(model, 2))
+    x = torch.randn(4, 1, 16, 16)
+    y = torch.from_numpy(random_masks(4, 16, 2, seed=seed))
+    logits = model(x)
+    ctx = StepContext(
+        model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
+        loss_map=per_pixel_loss(logits, y), step=0, epoch=0,
+        meta_images=x[:2].clone() if cls.needs_meta_batch else None,
+        meta_labels=y[:2].clone() if cls.needs_meta_batch else None,
+    )
+    return reweighter.weigh(ctx).detach()
+
+
+def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = None) -> None:
+    """Weights (N, H, W), finite, non-negative, the same for the same seed; state round-trips."""
+    w = _weights_once(cls, options, seed=0)
+    assert w.shape == (4, 16, 16), f"{cls.name}: weights shape {tuple(w.shape)}, expected (4, 16, 16)"
+    assert torch.isfinite(w).all(), f"{cls.name}: non-finite weights"
+    assert (w >= 0).all(), f"{cls.name}: negative weights"
+    assert torch.equal(w, _weights_once(cls, options, seed=0)), f"{cls.name}: not deterministic"
+    reweighter = cls(cls.Options.model_validate(options or {}))
+    reweighter.setup(_context(_tiny_model(2), 2))
+    reweighter.load_state_dict(reweighter.state_dict())
+
+
+def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = None) -> None:
+    """Labels keep shape, dtype and range through observe / end_epoch; state round-trips."""
+    corrector = cls(cls.Options.model_validate(options or {}))
+    labels = torch.from_numpy(random_masks(6, 16, 2))
+    corrector.setup(labels, _context(_tiny_model(2), 2))
+    index = torch.tensor([0, 2, 4])
+    got = corrector.labels(index)
+    assert got.shape == (3, 16, 16) and got.dtype == torch.int64, (
+        f"{cls.name}: labels() gave {tuple(got.shape)} {got.dtype}, expected (3, 16, 16) int64"
+    )
+    if cls.observes_predictions:
+        probs = torch.softmax(torch.randn(3, 2, 16, 16), dim=1)
+        corrector.observe(index, probs)
+    metrics = corrector.end_epoch(0)
+    assert isinstance(metrics, dict), f"{cls.name}: end_epoch() must return a dict"
+    after = corrector.labels(torch.arange(6))
+    assert after.min() >= 0 and after.max() < 2, f"{cls.name}: labels out of range"
+    state = corrector.state_dict()
+    fresh = cls(cls.Options.model_validate(options or {}))
+    fresh.setup(labels, _context(_tiny_model(2), 2))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.labels(torch.arange(6)), after), f"{cls.name}: state does not round-trip"
+
+
+CHECKS = {
+    "backbone": check_backbone,
+    "noise": check_noise_model,
+    "dataset": check_dataset,
+    "reweighter": check_reweighter,
+    "corrector": check_corrector,
+}

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
+
+from noisyseg import Registry, build_plugin_manager
+
+settings.register_profile("noisyseg", max_examples=40, deadline=None, derandomize=True)
+settings.load_profile("noisyseg")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry(build_plugin_manager())
+
+
+def write_folder_dataset(root: Path, n: int = 10, size: int = 24, seed: int = 0) -> Path:
+    """A small folder dataset: PNG images, 0/255 PNG masks."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx = rng.uniform(6, size - 6, 2)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= 16).astype(np.uint8)
+        image = (rng.uniform(0, 80, (size, size)) + 150 * mask).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        Image.fromarray(mask * 255).save(root / "masks" / f"case{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    return write_folder_dataset(tmp_path / "data")

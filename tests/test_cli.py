@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from noisyseg.cli import cli
+
+
+def test_tiny_run_through_the_cli_writes_every_file(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        '[dataset]\nname = "synthetic"\n[dataset.options]\nsize = 32\nn_train = 16\n'
+        'n_meta = 4\nn_test = 4\n[backbone.options]\nbase_channels = 4\ndepth = 2\n'
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "run", "--config", str(config), "--epochs", "1", "--batch-size", "8", "--seed", "2",
+        "--noise", "elastic", "--noise-rate", "0.5", "--out", str(out), "-q",
+        "--set", "train.lr=0.002",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "test: Dice" in result.output
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "checkpoint.pt", "examples.png"):
+        assert (out / name).is_file()
+    saved = (out / "config.yaml").read_text()
+    assert "name: elastic" in saved and "lr: 0.002" in saved and "seed: 2" in saved
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, expected in [
+        (["run", "--reweighter", "mcmp"], "unknown reweighter 'mcmp'; choose one of:"),
+        (["run", "--noise-rate", "1.5"], "noise.rate"),
+        (["run", "--set", "train.batch_size=0"], "train.batch_size"),
+        (["run", "--config", str(tmp_path / "nope.toml")], "config file not found"),
+    ]:
+        result = runner.invoke(cli, [*args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "x").exists()
+
+
+def test_plugins_lists_every_builtin_component() -> None:
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    for name in ("none", "dilation", "erosion", "elastic", "unet", "smp", "synthetic", "mni152",
+                 "folder"):
+        assert f"  {name} " in result.output, name
+    listed = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert listed["noise"][0]["version"].startswith("noisyseg ")
+
+
+def test_config_command_prints_resolved_defaults() -> None:
+    result = CliRunner().invoke(cli, ["config"])
+    assert result.exit_code == 0 and "rate: 0.4" in result.output

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from noisyseg import ConfigError, Reweighter, StepContext, build_plugin_manager, hookimpl, run
+from noisyseg.engine import resolve_device
+from noisyseg.testing import tiny_run_config
+
+
+def _run(tmp_path: Path, name: str, **overrides: object):
+    overrides.setdefault("output", {"dir": str(tmp_path / name)})
+    config = tiny_run_config(**overrides)
+    return run(config, progress=False)
+
+
+def test_run_writes_every_file_and_is_deterministic(tmp_path: Path) -> None:
+    a = _run(tmp_path, "a", seed=1, train={"epochs": 2})
+    b = _run(tmp_path, "b", seed=1, train={"epochs": 2})
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "checkpoint.pt", "examples.png",
+                 "curves.png"):
+        assert (a.run_dir / name).is_file(), name
+    assert a.metrics == {**b.metrics, "seconds": a.metrics["seconds"]}
+    lines = (a.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    final = json.loads((a.run_dir / "metrics.json").read_text())
+    assert {"dice", "iou", "hd", "hd95"} <= set(final)
+    ckpt = torch.load(a.run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and "model" in ckpt and "optimizer" in ckpt
+
+
+def test_noise_rate_and_label_error(tmp_path: Path) -> None:
+    clean = _run(tmp_path, "c", noise={"rate": 0.0})
+    noisy = _run(tmp_path, "n", noise={"rate": 1.0, "options": {"min_radius": 2}})
+    assert clean.history[0]["label_error"] == 0
+    assert noisy.history[0]["label_error"] > 0.02
+
+
+def test_max_steps_and_lr_decay(tmp_path: Path) -> None:
+    r = _run(tmp_path, "s", train={"epochs": 3, "max_steps": 5, "lr_decay_epochs": [1],
+                                   "batch_size": 8})
+    assert r.metrics["steps"] == 5
+    assert [h["lr"] for h in r.history] == pytest.approx([1e-3, 1e-4])
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path: Path) -> None:
+    _run(tmp_path, "x")
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        _run(tmp_path, "x")
+    r = _run(tmp_path, "x", output={"dir": str(tmp_path / "x"), "overwrite": True})
+    assert len((r.run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+class MetaNeeder(Reweighter):
+    """Needs a meta batch; checks that it gets one."""
+
+    name = "metaneeder"
+    needs_meta_batch = True
+
+    def weigh(self, ctx: StepContext) -> torch.Tensor:
+        assert ctx.meta_images is not None and ctx.meta_labels is not None
+        assert ctx.meta_images.shape[1:] == ctx.images.shape[1:]
+        return torch.ones_like(ctx.loss_map)
+
+
+class MetaPlugin:
+    @hookimpl
+    def register_reweighters(self) -> list[type[Reweighter]]:
+        return [MetaNeeder]
+
+
+def test_meta_batches_fed_and_missing_meta_set_fails_before_writing(tmp_path: Path) -> None:
+    pm = build_plugin_manager(plugins=[MetaPlugin()])
+    config = tiny_run_config(reweighter={"name": "metaneeder"}, output={"dir": str(tmp_path / "m")})
+    result = run(config, plugin_manager=pm, progress=False)
+    # the meta images are not added to the training set when the reweighter uses them
+    assert result.history[0]["step"] == 24 // 8
+    config["dataset"]["options"]["n_meta"] = 0
+    config["output"]["dir"] = str(tmp_path / "none")
+    with pytest.raises(ConfigError, match="needs a clean meta set"):
+        run(config, plugin_manager=pm, progress=False)
+    assert not (tmp_path / "none").exists()
+
+
+def test_train_on_meta_by_default_for_plain_methods(tmp_path: Path) -> None:
+    r = _run(tmp_path, "t")
+    assert r.history[0]["step"] == (24 + 8) // 8
+    r = _run(tmp_path, "f", train={"train_on_meta": False})
+    assert r.history[0]["step"] == 24 // 8
+
+
+def test_multiclass_run_on_mni152(tmp_path: Path) -> None:
+    r = _run(tmp_path, "mni", dataset={"name": "mni152", "options": {"labels": "both",
+                                                                     "slice_step": 8}},
+             train={"max_steps": 3})
+    assert "dice_class2" in r.metrics
+
+
+def test_smp_backbone_trains(tmp_path: Path) -> None:
+    r = _run(tmp_path, "smp", backbone={"name": "smp", "options": {"encoder_name": "resnet18"}},
+             train={"max_steps": 2})
+    assert 0 <= r.metrics["dice"] <= 1
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("tpu:0")
