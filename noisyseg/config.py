@@ -62,8 +62,13 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = Field(
+        "cosine",
+        description="cosine: anneal lr to 0 over the epochs; step: multiply it by lr_decay_factor "
+        "at lr_decay_epochs; constant",
+    )
     lr_decay_epochs: list[int] = Field(
-        default_factory=list, description="multiply lr by lr_decay_factor at these epochs"
+        default_factory=list, description="step schedule: multiply lr by lr_decay_factor at these epochs"
     )
     lr_decay_factor: float = Field(0.1, gt=0, le=1)
     train_on_meta: bool | None = Field(

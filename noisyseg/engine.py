@@ -106,6 +106,15 @@ def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+    """Per-epoch learning-rate schedule (stepped once at the end of every epoch)."""
+    t = config.train
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    milestones = t.lr_decay_epochs if t.schedule == "step" else []
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=t.lr_decay_factor)
+
+
 @torch.no_grad()
 def predict_all(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
@@ -186,9 +195,7 @@ def run(
 
     model = parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
     optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=cfg.train.lr_decay_epochs, gamma=cfg.train.lr_decay_factor
-    )
+    scheduler = make_scheduler(cfg, optimizer)
     steps_per_epoch = max(len(train) // cfg.train.batch_size, 1)
     context = RunContext(
         build_model=lambda: parts.backbone.build(

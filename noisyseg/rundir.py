@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -63,13 +64,18 @@ def write_config(run_dir: Path, config: Config) -> None:
     write_text(run_dir / CONFIG, dump(config))
 
 
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """NaN / inf (e.g. the weight on corrupted pixels when none are corrupted) -> null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
 def append_history(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / HISTORY, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json.dumps(_json_safe(record)) + "\n")
 
 
 def write_final(run_dir: Path, metrics: dict[str, Any]) -> None:
-    write_text(run_dir / FINAL, json.dumps(metrics, indent=2) + "\n")
+    write_text(run_dir / FINAL, json.dumps(_json_safe(metrics), indent=2) + "\n")
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

@@ -41,9 +41,11 @@ def test_noise_rate_and_label_error(tmp_path: Path) -> None:
 
 def test_max_steps_and_lr_decay(tmp_path: Path) -> None:
     r = _run(tmp_path, "s", train={"epochs": 3, "max_steps": 5, "lr_decay_epochs": [1],
-                                   "batch_size": 8})
+                                   "batch_size": 8, "schedule": "step"})
     assert r.metrics["steps"] == 5
     assert [h["lr"] for h in r.history] == pytest.approx([1e-3, 1e-4])
+    r = _run(tmp_path, "c", train={"epochs": 4, "max_steps": 12, "schedule": "cosine"})
+    assert [h["lr"] for h in r.history] == pytest.approx([1e-3, 0.5e-3 * (1 + 0.5 ** 0.5), 0.5e-3])
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path: Path) -> None:

@@ -1,0 +1,154 @@
+"""The differentiable virtual step shared by the meta reweighters (MCPM, MWNet, L2RW).
+
+Given the per-pixel training loss map L (still attached to the model's forward graph) and
+weights R that depend on some tensors Theta (a weighting net's parameters, or L2RW's eps):
+
+    W'(Theta) = W - alpha * grad_W mean(R(Theta) * L)          (MCPM paper, Eq. 3)
+    L^(Theta) = mean CE(F(X^; W'(Theta)), Y^)                  (meta loss on a clean batch)
+
+:func:`meta_gradient` returns dL^/dTheta. It is built with ``higher``: an inner-loop context over
+the real model with ``copy_initial_weights=False`` makes the virtual step differentiable, and the
+step's gradient is taken from the loss map the training loop already computed, so the training
+batch is not forwarded a second time. higher runs the virtual model on copies of the BatchNorm
+buffers: the real model's running statistics do not change.
+
+:func:`meta_gradient_fast` computes the same gradient for a plain-SGD virtual step without any
+double backward (design.md §7): with v = grad_W L^(W'),
+
+    dL^/dR_i = -(alpha / P) * <grad_W L_i(W), v>               (P = number of pixels)
+
+and every <grad_W L_i, v> comes out of ONE forward-mode Jacobian-vector product of the loss map
+in direction v (``torch.func.jvp`` over ``functional_call``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import higher
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from noisyseg.components import LossFn
+from noisyseg.errors import NoisysegError
+
+VirtualOptimizer = Literal["sgd", "adam"]
+
+
+class SecondOrderError(NoisysegError):
+    """The model cannot be differentiated twice (needed by the meta reweighters)."""
+
+
+def _explain(exc: RuntimeError) -> NoisysegError | RuntimeError:
+    text = str(exc)
+    if "derivative for" in text and "not implemented" in text or "double backward" in text.lower():
+        return SecondOrderError(
+            "this backbone cannot be differentiated twice, which the meta reweighters need "
+            f"({text.splitlines()[0]}). Hardswish/Hardsigmoid encoders (e.g. mobilenetv3) and "
+            "torch.compile'd models have no second derivative: pick another encoder"
+        )
+    return exc
+
+
+def _inner_optimizer(
+    model: nn.Module, alpha: float, virtual: VirtualOptimizer, real: torch.optim.Optimizer | None
+) -> torch.optim.Optimizer:
+    if virtual == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=alpha)
+    if virtual == "adam":
+        if isinstance(real, torch.optim.Adam):  # a differentiable copy of the real Adam state
+            return real
+        return torch.optim.Adam(model.parameters(), lr=alpha)
+    raise ValueError(f"virtual optimiser must be 'sgd' or 'adam', got {virtual!r}")
+
+
+def meta_gradient(
+    model: nn.Module,
+    loss_map: torch.Tensor,
+    weights: torch.Tensor,
+    meta_images: torch.Tensor,
+    meta_labels: torch.Tensor,
+    wrt: Sequence[torch.Tensor],
+    loss_fn: LossFn,
+    alpha: float,
+    virtual: VirtualOptimizer = "sgd",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Meta loss at the virtual weights and its gradient w.r.t. ``wrt``, through ``higher``.
+
+    Args:
+        model: the real model; its parameters W are the starting point of the virtual step.
+        loss_map: per-pixel training loss at W, attached to the graph of ``model``'s forward.
+        weights: per-pixel weights R, a differentiable function of ``wrt``.
+        wrt: the tensors Theta to differentiate the meta loss with respect to.
+        alpha: the virtual step's learning rate.
+        virtual: "sgd" (plain gradient step, Eq. 3 of the MCPM paper) or "adam" (a differentiable
+            copy of the real Adam optimiser, or a fresh Adam when the real one is not Adam).
+
+    Shape:
+        loss_map, weights - (N, H, W) (weights may also broadcast, e.g. (N, 1, 1));
+        meta_images - (M, C, H, W); meta_labels - (M, H, W)
+
+    Returns:
+        (meta loss (detached scalar), gradients matching ``wrt``)
+    """
+    inner = _inner_optimizer(model, alpha, virtual, optimizer)
+    try:
+        with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+            if virtual == "adam":
+                diffopt.param_groups[0]["lr"] = alpha
+            diffopt.step((weights * loss_map).mean(), params=list(model.parameters()))
+            meta_loss = loss_fn(fmodel(meta_images), meta_labels).mean()
+            grads = torch.autograd.grad(meta_loss, list(wrt), allow_unused=True)
+    except RuntimeError as exc:
+        raise _explain(exc) from exc
+    grads = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True))
+    return meta_loss.detach(), grads
+
+
+def meta_pixel_gradient(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_map: torch.Tensor,
+    weights: torch.Tensor,
+    meta_images: torch.Tensor,
+    meta_labels: torch.Tensor,
+    loss_fn: LossFn,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL^/dR for every pixel, for a plain-SGD virtual step, without double backward.
+
+    Args:
+        images, labels: the training batch whose forward gave ``loss_map``.
+        loss_map: per-pixel loss at W, attached to the model's graph (it is retained).
+        weights: the current weights R (their values only are used).
+
+    Shape:
+        images - (N, C, H, W); labels, loss_map, weights - (N, H, W)
+
+    Returns:
+        (meta loss (detached scalar), dL^/dR of shape (N, H, W))
+    """
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    # buffers are cloned so no virtual pass touches the real BatchNorm statistics
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    grads = torch.autograd.grad(
+        (weights.detach() * loss_map).mean(), list(params.values()), retain_graph=True
+    )
+    virtual = {k: (p - alpha * g).detach().requires_grad_() for (k, p), g in
+               zip(params.items(), grads, strict=True)}
+    meta_loss = loss_fn(functional_call(model, {**virtual, **buffers}, (meta_images,)),
+                        meta_labels).mean()
+    v = torch.autograd.grad(meta_loss, list(virtual.values()))
+    tangents = dict(zip(virtual.keys(), v, strict=True))
+    primals = {k: p.detach() for k, p in params.items()}
+    fresh = {k: b.clone() for k, b in model.named_buffers()}
+
+    def pixel_losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss_fn(functional_call(model, {**p, **fresh}, (images,)), labels)
+
+    _, directional = jvp(pixel_losses, (primals,), (tangents,))
+    return meta_loss.detach(), -(alpha / loss_map.numel()) * directional.detach()
