@@ -23,7 +23,8 @@ in direction v (``torch.func.jvp`` over ``functional_call``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import higher
@@ -43,7 +44,7 @@ class SecondOrderError(NoisysegError):
 
 def _explain(exc: RuntimeError) -> NoisysegError | RuntimeError:
     text = str(exc)
-    if "derivative for" in text and "not implemented" in text or "double backward" in text.lower():
+    if ("derivative for" in text and "not implemented" in text) or "double backward" in text.lower():
         return SecondOrderError(
             "this backbone cannot be differentiated twice, which the meta reweighters need "
             f"({text.splitlines()[0]}). Hardswish/Hardsigmoid encoders (e.g. mobilenetv3) and "
@@ -98,7 +99,8 @@ def meta_gradient(
     try:
         with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
             if virtual == "adam":
-                diffopt.param_groups[0]["lr"] = alpha
+                for group in diffopt.param_groups:
+                    group["lr"] = alpha
             diffopt.step((weights * loss_map).mean(), params=list(model.parameters()))
             meta_loss = loss_fn(fmodel(meta_images), meta_labels).mean()
             grads = torch.autograd.grad(meta_loss, list(wrt), allow_unused=True)
@@ -133,22 +135,39 @@ def meta_pixel_gradient(
         (meta loss (detached scalar), dL^/dR of shape (N, H, W))
     """
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    # buffers are cloned so no virtual pass touches the real BatchNorm statistics
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    grads = torch.autograd.grad(
-        (weights.detach() * loss_map).mean(), list(params.values()), retain_graph=True
-    )
+    grads = _grad((weights.detach() * loss_map).mean(), list(params.values()), retain_graph=True)
     virtual = {k: (p - alpha * g).detach().requires_grad_() for (k, p), g in
                zip(params.items(), grads, strict=True)}
-    meta_loss = loss_fn(functional_call(model, {**virtual, **buffers}, (meta_images,)),
-                        meta_labels).mean()
-    v = torch.autograd.grad(meta_loss, list(virtual.values()))
-    tangents = dict(zip(virtual.keys(), v, strict=True))
     primals = {k: p.detach() for k, p in params.items()}
-    fresh = {k: b.clone() for k, b in model.named_buffers()}
 
     def pixel_losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return loss_fn(functional_call(model, {**p, **fresh}, (images,)), labels)
+        return loss_fn(functional_call(model, p, (images,)), labels)
 
-    _, directional = jvp(pixel_losses, (primals,), (tangents,))
+    with batchnorm_stats_frozen(model):
+        meta_logits = functional_call(model, virtual, (meta_images,))
+        meta_loss = loss_fn(meta_logits, meta_labels).mean()
+        v = _grad(meta_loss, list(virtual.values()))
+        tangents = dict(zip(virtual.keys(), v, strict=True))
+        _, directional = jvp(pixel_losses, (primals,), (tangents,))
     return meta_loss.detach(), -(alpha / loss_map.numel()) * directional.detach()
+
+
+def _grad(output: torch.Tensor, inputs: list[torch.Tensor], **kwargs: bool) -> list[torch.Tensor]:
+    """First-order gradients; parameters the output does not use get zeros."""
+    grads = torch.autograd.grad(output, inputs, allow_unused=True, **kwargs)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
+
+
+@contextlib.contextmanager
+def batchnorm_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in training mode normalise with batch statistics but do not update
+    their running statistics (nor count batches) inside this block."""
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True

@@ -1,0 +1,118 @@
+"""A base for reweighters that learn a weighting network through the virtual step
+(:mod:`noisyseg.meta`): subclasses supply the network; this class runs the iteration
+
+    1. L = loss map at W_t;  R_t = G(L; Theta_t)
+    2. W'(Theta) = W_t - alpha * grad_W mean(R_t * L)                     (virtual step)
+    3. Theta_{t+1} = Theta_t - beta * grad_Theta mean CE(F(X^; W'), Y^)    (meta step)
+    4. R_{t+1} = G(L; Theta_{t+1}) without grad: the weights of the real step
+
+(Wang et al. 2020, Eqs. 3-5; Shu et al. 2019, Eqs. 4-6). Step 4 reuses the loss map of step 1:
+the training batch is forwarded once. With ``interval`` k > 1 the meta step runs every k-th
+iteration and the network is only applied in between.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from noisyseg.components import Reweighter, RunContext, StepContext
+from noisyseg.meta import meta_gradient, meta_pixel_gradient
+
+
+class MetaNetOptions(BaseModel):
+    """Settings shared by the reweighters that learn a weighting network."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(1e-2, gt=0, description="learning rate of the virtual step")
+    meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate (beta) of the weighting net")
+    interval: int = Field(1, ge=1, description="meta step every k-th iteration")
+    virtual: Literal["sgd", "adam"] = Field(
+        "sgd", description="virtual step: plain SGD (the paper's Eq. 3) or differentiable Adam")
+    method: Literal["auto", "higher", "jvp"] = Field(
+        "auto", description="meta-gradient: higher (double backward) or jvp (forward mode, SGD "
+        "virtual step only); auto picks jvp when it applies")
+    normalize: bool = Field(False, description="scale the weights to mean 1 per batch")
+    warmup_epochs: int = Field(0, ge=0, description="plain training (weights 1) for these epochs")
+    init_bias: float = Field(0.0, description="initial bias of the net's output (sigmoid input)")
+
+    @model_validator(mode="after")
+    def _check(self) -> MetaNetOptions:
+        if self.method == "jvp" and self.virtual != "sgd":
+            raise ValueError("method 'jvp' needs virtual = 'sgd'")
+        return self
+
+
+class MetaNetReweighter(Reweighter):
+    """Learns a weighting net G(loss map) on a clean meta set (subclasses give the net)."""
+
+    needs_meta_batch = True
+    Options = MetaNetOptions
+    options: MetaNetOptions
+
+    def build_net(self) -> nn.Module:
+        """The weighting network: (N, 1, H, W) detached loss map -> (N, 1, H, W) or (N, 1, 1, 1)
+        logits (the sigmoid is applied here)."""
+        raise NotImplementedError
+
+    def setup(self, run: RunContext) -> None:
+        self.run = run
+        generator_state = torch.get_rng_state()
+        torch.manual_seed(run.seed + 7919)   # the net's init does not shift the model's RNG stream
+        self.net = self.build_net().to(run.device)
+        torch.set_rng_state(generator_state)
+        self.net_optimizer = torch.optim.Adam(self.net.parameters(), lr=self.options.meta_lr)
+        self.last_meta_loss = float("nan")
+
+    def weights(self, loss_map: torch.Tensor) -> torch.Tensor:
+        """R = G(L): (N, H, W) detached loss map -> (N, H, W) weights (differentiable in Theta)."""
+        r = torch.sigmoid(self.net(loss_map.detach().unsqueeze(1))).squeeze(1)
+        r = r.expand_as(loss_map)
+        if self.options.normalize:
+            r = r / r.mean().clamp_min(1e-12)
+        return r
+
+    def weigh(self, ctx: StepContext) -> torch.Tensor:
+        o = self.options
+        if ctx.epoch < o.warmup_epochs:
+            return torch.ones_like(ctx.loss_map)
+        if ctx.step % o.interval == 0:
+            self.meta_step(ctx)
+        with torch.no_grad():
+            return self.weights(ctx.loss_map)
+
+    def meta_step(self, ctx: StepContext) -> None:
+        """Steps 1-3: one Adam step of the weighting net on the meta loss at W'."""
+        assert ctx.meta_images is not None and ctx.meta_labels is not None
+        o = self.options
+        r = self.weights(ctx.loss_map)
+        self.net_optimizer.zero_grad(set_to_none=True)
+        if self.use_jvp:
+            meta_loss, d_r = meta_pixel_gradient(
+                ctx.model, ctx.images, ctx.labels, ctx.loss_map, r, ctx.meta_images,
+                ctx.meta_labels, self.run.loss_fn, o.alpha)
+            r.backward(d_r)
+        else:
+            params = list(self.net.parameters())
+            meta_loss, grads = meta_gradient(
+                ctx.model, ctx.loss_map, r, ctx.meta_images, ctx.meta_labels, params,
+                self.run.loss_fn, o.alpha, o.virtual, ctx.optimizer)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+        self.net_optimizer.step()
+        self.last_meta_loss = float(meta_loss)
+
+    @property
+    def use_jvp(self) -> bool:
+        return self.options.method == "jvp" or (
+            self.options.method == "auto" and self.options.virtual == "sgd")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimizer": self.net_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.net_optimizer.load_state_dict(state["optimizer"])

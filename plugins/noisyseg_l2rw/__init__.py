@@ -1,0 +1,76 @@
+"""``l2rw``: learning to reweight examples.
+
+Reference: Ren et al., "Learning to Reweight Examples for Robust Deep Learning", ICML 2018,
+Algorithm 1: weights eps = 0 (per pixel by default, or per image) enter a virtual step
+W' = W - alpha * grad_W mean(eps * L) (Eq. 4); g = grad_eps of the clean meta loss at W' (Eq. 5);
+w = max(-g, 0) (Eq. 6), normalised to sum to the number of weights (Eq. 7, rescaled so the mean
+weight is 1; all-zero stays zero). No weighting network: nothing is learned across steps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from noisyseg import Reweighter, RunContext, StepContext, hookimpl
+from noisyseg.meta import meta_gradient, meta_pixel_gradient
+
+
+class L2RWOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(1e-2, gt=0, description="learning rate of the virtual step")
+    per: Literal["pixel", "image"] = Field("pixel", description="one weight per pixel or per image")
+    virtual: Literal["sgd", "adam"] = "sgd"
+    method: Literal["auto", "higher", "jvp"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> L2RWOptions:
+        if self.method == "jvp" and self.virtual != "sgd":
+            raise ValueError("method 'jvp' needs virtual = 'sgd'")
+        return self
+
+
+def normalise(w: torch.Tensor) -> torch.Tensor:
+    """Scale non-negative weights to mean 1; all zero stays zero."""
+    total = w.sum()
+    return w * (w.numel() / total) if total > 0 else w
+
+
+class L2RWReweighter(Reweighter):
+    """Learning to reweight: weights from the meta-gradient sign of each pixel (or image)."""
+
+    name = "l2rw"
+    Options = L2RWOptions
+    options: L2RWOptions
+    needs_meta_batch = True
+
+    def setup(self, run: RunContext) -> None:
+        self.run = run
+
+    def eps_gradient(self, ctx: StepContext) -> torch.Tensor:
+        """d meta loss / d eps at eps = 0: (N, H, W) per pixel, (N, 1, 1) per image."""
+        assert ctx.meta_images is not None and ctx.meta_labels is not None
+        o = self.options
+        loss = ctx.loss_map
+        if o.method == "jvp" or (o.method == "auto" and o.virtual == "sgd"):
+            _, g = meta_pixel_gradient(
+                ctx.model, ctx.images, ctx.labels, loss, torch.zeros_like(loss),
+                ctx.meta_images, ctx.meta_labels, self.run.loss_fn, o.alpha)
+            return g.sum(dim=(1, 2), keepdim=True) if o.per == "image" else g
+        shape = (loss.shape[0], 1, 1) if o.per == "image" else loss.shape
+        eps = torch.zeros(shape, device=loss.device, dtype=loss.dtype, requires_grad=True)
+        _, (g,) = meta_gradient(ctx.model, loss, eps.expand_as(loss), ctx.meta_images,
+                                ctx.meta_labels, [eps], self.run.loss_fn, o.alpha, o.virtual,
+                                ctx.optimizer)
+        return g
+
+    def weigh(self, ctx: StepContext) -> torch.Tensor:
+        w = normalise(torch.clamp(-self.eps_gradient(ctx), min=0))
+        return w.expand_as(ctx.loss_map).detach()
+
+
+@hookimpl
+def register_reweighters() -> list[type[Reweighter]]:
+    return [L2RWReweighter]

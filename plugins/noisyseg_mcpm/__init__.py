@@ -1,0 +1,65 @@
+"""``mcpm``: Meta Corrupted Pixels Mining.
+
+Reference: Wang, Zhou, et al., "Meta Corrupted Pixels Mining for Medical Image Segmentation",
+MICCAI 2020. A meta mask network G reads the per-pixel loss map L and gives every pixel a weight
+R = G(L; Theta) (Sec. 3.2); Theta is learned on a clean meta set through a virtual step of the
+segmentation network (Eqs. 3-4) and the real step uses the updated weights (Eq. 5). The iteration
+itself is :class:`noisyseg.metanet.MetaNetReweighter`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from noisyseg import Reweighter, hookimpl
+from noisyseg.metanet import MetaNetOptions, MetaNetReweighter
+
+
+class MaskNet(nn.Module):
+    """Meta mask network (Sec. 3.2): parallel 3x3 and 5x5 conv branches on the loss map, their
+    outputs concatenated with the input and fused by a 1x1 conv into one logit per pixel.
+
+    Shape:
+        input - (N, 1, H, W) loss map; output - (N, 1, H, W) logits (sigmoid gives R)
+    """
+
+    def __init__(self, width3: int = 16, width5: int = 16, activation: str = "relu",
+                 init_bias: float = 0.0) -> None:
+        super().__init__()
+        self.branch3 = nn.Conv2d(1, width3, 3, padding=1)
+        self.branch5 = nn.Conv2d(1, width5, 5, padding=2)
+        self.fuse = nn.Conv2d(width3 + width5 + 1, 1, 1)
+        nn.init.constant_(self.fuse.bias, init_bias)
+        self.activation = activation
+
+    def forward(self, loss: torch.Tensor) -> torch.Tensor:
+        a, b = self.branch3(loss), self.branch5(loss)
+        if self.activation == "relu":
+            a, b = F.relu(a), F.relu(b)
+        return self.fuse(torch.cat([a, b, loss], dim=1))
+
+
+class MCPMOptions(MetaNetOptions):
+    width3: int = Field(16, ge=1, description="channels of the 3x3 branch")
+    width5: int = Field(16, ge=1, description="channels of the 5x5 branch")
+    activation: str = Field("relu", pattern="^(relu|none)$", description="after each branch")
+
+
+class MCPMReweighter(MetaNetReweighter):
+    """Meta Corrupted Pixels Mining: a conv mask net on the loss map, learned via a meta step."""
+
+    name = "mcpm"
+    Options = MCPMOptions
+    options: MCPMOptions
+
+    def build_net(self) -> nn.Module:
+        o = self.options
+        return MaskNet(o.width3, o.width5, o.activation, o.init_bias)
+
+
+@hookimpl
+def register_reweighters() -> list[type[Reweighter]]:
+    return [MCPMReweighter]

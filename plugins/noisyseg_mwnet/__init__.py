@@ -1,0 +1,59 @@
+"""``mwnet``: Meta-Weight-Net.
+
+Reference: Shu et al., "Meta-Weight-Net: Learning an Explicit Mapping For Sample Weighting",
+NeurIPS 2019. An MLP 1 -> 100 -> 1 (ReLU, sigmoid) maps each loss value to a weight (Sec. 3,
+Eq. 2), learned through the same virtual/meta step as MCPM (Eqs. 4-6), see
+:class:`noisyseg.metanet.MetaNetReweighter`. Per pixel (default) each pixel's loss is mapped
+alone — no spatial context, the difference MCPM exploits; per image the image's mean loss is.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from noisyseg import Reweighter, hookimpl
+from noisyseg.metanet import MetaNetOptions, MetaNetReweighter
+
+
+class WeightMLP(nn.Module):
+    """MLP 1 -> hidden -> 1 applied to every value independently (as 1x1 convolutions).
+
+    Shape:
+        input - (N, 1, H, W) losses (H = W = 1 per image); output - same shape, logits
+    """
+
+    def __init__(self, hidden: int = 100, init_bias: float = 0.0, per: str = "pixel") -> None:
+        super().__init__()
+        self.per = per
+        self.net = nn.Sequential(nn.Conv2d(1, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+        nn.init.constant_(self.net[2].bias, init_bias)
+
+    def forward(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.per == "image":
+            loss = loss.mean(dim=(2, 3), keepdim=True)
+        return self.net(loss)
+
+
+class MWNetOptions(MetaNetOptions):
+    hidden: int = Field(100, ge=1, description="hidden units of the MLP")
+    per: Literal["pixel", "image"] = Field("pixel", description="weigh each pixel or each image")
+
+
+class MWNetReweighter(MetaNetReweighter):
+    """Meta-Weight-Net: an MLP from each loss value to its weight, learned via a meta step."""
+
+    name = "mwnet"
+    Options = MWNetOptions
+    options: MWNetOptions
+
+    def build_net(self) -> nn.Module:
+        return WeightMLP(self.options.hidden, self.options.init_bias, self.options.per)
+
+
+@hookimpl
+def register_reweighters() -> list[type[Reweighter]]:
+    return [MWNetReweighter]
