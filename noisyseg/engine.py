@@ -159,6 +159,58 @@ class WeightStats:
         }
 
 
+@dataclass
+class StepOutput:
+    loss: float
+    weights: torch.Tensor = field(repr=False)
+    logits: torch.Tensor = field(repr=False)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    reweighter: Reweighter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    meta: tuple[torch.Tensor, torch.Tensor] | None,
+    step: int,
+    epoch: int,
+    device: torch.device,
+    grad_clip: float | None = None,
+) -> StepOutput:
+    """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
+
+    Shape:
+        images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
+        returns weights (N, H, W) and detached logits (N, K, H, W)
+    """
+    x, y = images.to(device), labels.to(device)
+    logits = model(x)
+    loss_map = per_pixel_loss(logits, y)
+    meta_x = meta_y = None
+    if meta is not None:
+        meta_x, meta_y = (t.to(device) for t in meta)
+    ctx = StepContext(
+        model=model, optimizer=optimizer, images=x, labels=y, logits=logits, loss_map=loss_map,
+        step=step, epoch=epoch, meta_images=meta_x, meta_labels=meta_y,
+    )
+    weights = reweighter.weigh(ctx).detach()
+    if weights.shape != loss_map.shape:
+        raise NoisysegError(
+            f"reweighter '{reweighter.name}' returned weights of shape {tuple(weights.shape)}, "
+            f"expected {tuple(loss_map.shape)}"
+        )
+    loss = (weights * loss_map).mean()
+    if not torch.isfinite(loss):
+        raise NumericalError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return StepOutput(loss=float(loss.item()), weights=weights, logits=logits.detach())
+
+
 def run(
     config: Config | dict[str, Any] | str | Path | None = None,
     *,
@@ -259,43 +311,24 @@ class _Loop:
         self.step = 0
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
-        x = self.train_set.images[index].to(self.device)
         labels = self.parts.corrector.labels(index)
-        y = labels.to(self.device)
-        logits = self.model(x)
-        loss_map = per_pixel_loss(logits, y)
-        meta_x = meta_y = None
-        if self.meta is not None:
-            meta_x, meta_y = (t.to(self.device) for t in next(self.meta))
-        ctx = StepContext(
-            model=self.model, optimizer=self.optimizer, images=x, labels=y, logits=logits,
-            loss_map=loss_map, step=self.step, epoch=epoch, meta_images=meta_x, meta_labels=meta_y,
-        )
-        weights = self.parts.reweighter.weigh(ctx).detach()
-        if weights.shape != loss_map.shape:
-            raise NoisysegError(
-                f"reweighter '{self.cfg.reweighter.name}' returned weights of shape "
-                f"{tuple(weights.shape)}, expected {tuple(loss_map.shape)}"
+        meta = next(self.meta) if self.meta is not None else None
+        try:
+            out = train_step(
+                self.model, self.optimizer, self.parts.reweighter,
+                self.train_set.images[index], labels, meta, self.step, epoch, self.device,
+                self.cfg.train.grad_clip,
             )
-        loss = (weights * loss_map).mean()
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"loss is {loss.item()} at step {self.step} (epoch {epoch + 1}); the last good "
-                f"checkpoint is {self.run_dir / rundir.CHECKPOINT}. Try a lower train.lr or "
-                "train.grad_clip"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.train.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        except NumericalError as exc:
+            last = self.run_dir / rundir.CHECKPOINT
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+            raise NumericalError(f"{exc}; {kept}. Try a lower train.lr or set train.grad_clip") from None
         if self.parts.corrector.observes_predictions:
-            self.parts.corrector.observe(index, class_probs(logits.detach()).cpu())
+            self.parts.corrector.observe(index, class_probs(out.logits).cpu())
         wrong = labels != self.train_set.clean[index]
-        budget = _WEIGHT_SAMPLE // max(self.steps_per_epoch, 1)
-        stats.add(weights, wrong, budget)
+        stats.add(out.weights, wrong, _WEIGHT_SAMPLE // self.steps_per_epoch)
         self.step += 1
-        return float(loss.item())
+        return out.loss
 
     @property
     def steps_per_epoch(self) -> int:

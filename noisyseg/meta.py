@@ -120,6 +120,7 @@ def meta_pixel_gradient(
     meta_labels: torch.Tensor,
     loss_fn: LossFn,
     alpha: float,
+    first_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dL^/dR for every pixel, for a plain-SGD virtual step, without double backward.
 
@@ -127,6 +128,9 @@ def meta_pixel_gradient(
         images, labels: the training batch whose forward gave ``loss_map``.
         loss_map: per-pixel loss at W, attached to the model's graph (it is retained).
         weights: the current weights R (their values only are used).
+        first_order: evaluate the meta gradient v at W instead of W' (drops the virtual step's
+            backward pass; the error is O(alpha)). With all-zero weights (L2RW) W' = W and the
+            result is exact either way, so the backward pass is always skipped then.
 
     Shape:
         images - (N, C, H, W); labels, loss_map, weights - (N, H, W)
@@ -135,10 +139,13 @@ def meta_pixel_gradient(
         (meta loss (detached scalar), dL^/dR of shape (N, H, W))
     """
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    grads = _grad((weights.detach() * loss_map).mean(), list(params.values()), retain_graph=True)
-    virtual = {k: (p - alpha * g).detach().requires_grad_() for (k, p), g in
-               zip(params.items(), grads, strict=True)}
     primals = {k: p.detach() for k, p in params.items()}
+    if first_order or not bool(weights.detach().any()):
+        virtual = {k: p.clone().requires_grad_() for k, p in primals.items()}
+    else:
+        grads = _grad((weights.detach() * loss_map).mean(), list(params.values()), retain_graph=True)
+        virtual = {k: (p - alpha * g).detach().requires_grad_() for (k, p), g in
+                   zip(primals.items(), grads, strict=True)}
 
     def pixel_losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_fn(functional_call(model, p, (images,)), labels)
@@ -148,8 +155,8 @@ def meta_pixel_gradient(
         meta_loss = loss_fn(meta_logits, meta_labels).mean()
         v = _grad(meta_loss, list(virtual.values()))
         tangents = dict(zip(virtual.keys(), v, strict=True))
-        _, directional = jvp(pixel_losses, (primals,), (tangents,))
-    return meta_loss.detach(), -(alpha / loss_map.numel()) * directional.detach()
+        derivative = jvp(pixel_losses, (primals,), (tangents,))[1]
+    return meta_loss.detach(), -(alpha / loss_map.numel()) * derivative.detach()
 
 
 def _grad(output: torch.Tensor, inputs: list[torch.Tensor], **kwargs: bool) -> list[torch.Tensor]:

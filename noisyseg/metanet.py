@@ -33,8 +33,11 @@ class MetaNetOptions(BaseModel):
     virtual: Literal["sgd", "adam"] = Field(
         "sgd", description="virtual step: plain SGD (the paper's Eq. 3) or differentiable Adam")
     method: Literal["auto", "higher", "jvp"] = Field(
-        "auto", description="meta-gradient: higher (double backward) or jvp (forward mode, SGD "
-        "virtual step only); auto picks jvp when it applies")
+        "auto", description="meta-gradient: higher (double backward through the virtual step) or "
+        "jvp (forward-mode AD, same result, SGD virtual step only); auto picks jvp when it applies")
+    first_order: bool = Field(
+        False, description="jvp method only: take the meta gradient at W instead of W' (one "
+        "backward pass less, error O(alpha))")
     normalize: bool = Field(False, description="scale the weights to mean 1 per batch")
     warmup_epochs: int = Field(0, ge=0, description="plain training (weights 1) for these epochs")
     init_bias: float = Field(0.0, description="initial bias of the net's output (sigmoid input)")
@@ -43,6 +46,8 @@ class MetaNetOptions(BaseModel):
     def _check(self) -> MetaNetOptions:
         if self.method == "jvp" and self.virtual != "sgd":
             raise ValueError("method 'jvp' needs virtual = 'sgd'")
+        if self.first_order and (self.method == "higher" or self.virtual != "sgd"):
+            raise ValueError("first_order needs the jvp method (virtual = 'sgd')")
         return self
 
 
@@ -90,10 +95,10 @@ class MetaNetReweighter(Reweighter):
         o = self.options
         r = self.weights(ctx.loss_map)
         self.net_optimizer.zero_grad(set_to_none=True)
-        if self.use_jvp:
+        if self.use_pixel_path:
             meta_loss, d_r = meta_pixel_gradient(
                 ctx.model, ctx.images, ctx.labels, ctx.loss_map, r, ctx.meta_images,
-                ctx.meta_labels, self.run.loss_fn, o.alpha)
+                ctx.meta_labels, self.run.loss_fn, o.alpha, o.first_order)
             r.backward(d_r)
         else:
             params = list(self.net.parameters())
@@ -106,7 +111,8 @@ class MetaNetReweighter(Reweighter):
         self.last_meta_loss = float(meta_loss)
 
     @property
-    def use_jvp(self) -> bool:
+    def use_pixel_path(self) -> bool:
+        """Whether dL^/dR comes from :func:`meta_pixel_gradient` (jvp), not higher."""
         return self.options.method == "jvp" or (
             self.options.method == "auto" and self.options.virtual == "sgd")
 

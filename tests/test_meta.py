@@ -172,3 +172,17 @@ def test_l2rw_gives_zero_weight_to_labels_that_contradict_the_meta_set(registry:
     assert (w[flipped & big] == 0).all()
     assert (w[~flipped & big] > 0).all()
     assert w.mean().item() == pytest.approx(1.0)
+
+
+def test_first_order_meta_gradient_is_the_small_alpha_limit() -> None:
+    torch.manual_seed(0)
+    model = UNet(1, 1, base=4, depth=2)
+    x, y = _batch(4, size=16)
+    xm, ym = _batch(2, size=16, seed=1)
+    loss = per_pixel_loss(model(x), y)
+    w = torch.rand_like(loss)
+    for alpha, tol in ((1e-3, 1e-2), (1e-5, 1e-4)):
+        _, exact = meta_pixel_gradient(model, x, y, loss, w, xm, ym, per_pixel_loss, alpha)
+        _, first = meta_pixel_gradient(model, x, y, loss, w, xm, ym, per_pixel_loss, alpha,
+                                       first_order=True)
+        assert _rel_err(first, exact) < tol

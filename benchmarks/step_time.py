@@ -1,0 +1,135 @@
+"""Cost of one training iteration of each reweighter relative to a plain step.
+
+Times, in one process on the same batch (default U-Net, batch 16, 64x64 synthetic patches,
+2 threads), a plain training step and one full iteration of each method (forward, weights incl.
+the meta step, backward, optimiser step). Methods are timed in interleaved rounds after warm-up
+and the mean is reported (a mean, so that a meta step every k-th iteration is counted once per
+k iterations; rounds default to a multiple of 5). Peak memory is measured per method in a fresh
+subprocess: the growth of the peak resident set over 5 iterations on the CPU, max allocated on
+CUDA.
+
+    python benchmarks/step_time.py [--rounds 20] [--device cpu]
+
+One line per method: ``<name> <ms> <ratio-to-plain> <peak MB>``; last line ``mcpm_ratio=<x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from noisyseg import Registry, build_plugin_manager
+from noisyseg.engine import resolve_device, train_step
+from noisyseg.losses import per_pixel_loss
+from noisyseg.testing import _context
+
+# name -> (reweighter, options)
+METHODS = {
+    "plain": ("none", {}),
+    "mcpm": ("mcpm", {}),
+    "mcpm_k5": ("mcpm", {"interval": 5}),
+    "mcpm_higher": ("mcpm", {"method": "higher"}),
+    "mcpm_first_order": ("mcpm", {"first_order": True}),
+    "mwnet": ("mwnet", {}),
+    "mwnet_higher": ("mwnet", {"method": "higher"}),
+    "l2rw": ("l2rw", {}),
+    "l2rw_higher": ("l2rw", {"method": "higher"}),
+}
+
+
+def setup(device: torch.device, batch: int):
+    registry = Registry(build_plugin_manager())
+    data = registry.build("dataset", "synthetic", {"n_train": batch, "n_meta": batch, "n_test": 1}).load(0)
+    torch.manual_seed(0)
+    base = registry.build("backbone", "unet").build(1, 1).to(device)
+    x, y = torch.from_numpy(data.train.images), torch.from_numpy(data.train.masks)
+    meta = (torch.from_numpy(data.meta.images), torch.from_numpy(data.meta.masks))
+    return registry, base, x, y, meta
+
+
+def make(registry, base, name: str, device: torch.device):
+    reweighter_name, options = METHODS[name]
+    model = copy.deepcopy(base)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    reweighter = registry.build("reweighter", reweighter_name, options)
+    ctx = _context(model, 2)
+    ctx.device, ctx.loss_fn = device, per_pixel_loss
+    reweighter.setup(ctx)
+    return model, optimizer, reweighter
+
+
+def one(state, x, y, meta, step: int, device: torch.device) -> float:
+    model, optimizer, reweighter = state
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    train_step(model, optimizer, reweighter, x, y, meta if reweighter.needs_meta_batch else None,
+               step, 0, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
+def peak_memory(name: str, device: str, batch: int) -> float:
+    """Peak memory (MB) of 3 iterations of one method, in a fresh process."""
+    code = (
+        "import json,sys,torch;sys.path.insert(0,'benchmarks');import step_time as s;"
+        f"torch.set_num_threads(2);d=s.resolve_device({device!r});"
+        f"r,b,x,y,m=s.setup(d,{batch});st=s.make(r,b,{name!r},d);"
+        "base=s.rss_mb();open('/proc/self/clear_refs','w').write('5');"
+        "[s.one(st,x,y,m,i,d) for i in range(5)];"
+        "peak=(torch.cuda.max_memory_allocated()/2**20 if d.type=='cuda' else s.rss_mb('VmHWM')-base);"
+        "print(json.dumps(peak))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory (VmRSS) or its peak since the last reset (VmHWM), in MB (Linux)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    registry, base, x, y, meta = setup(device, args.batch)
+    states = {name: make(registry, base, name, device) for name in args.methods}
+    times: dict[str, list[float]] = {name: [] for name in args.methods}
+    for r in range(args.warmup + args.rounds):
+        for name in args.methods:
+            ms = one(states[name], x, y, meta, r, device)
+            if r >= args.warmup:
+                times[name].append(ms)
+    plain = statistics.mean(times["plain"])
+    print(f"# device={device} threads={args.threads} batch={args.batch} rounds={args.rounds} "
+          f"(mean ms; ratio to the plain step of the same round set)")
+    for name in args.methods:
+        ms = statistics.mean(times[name])
+        mem = "" if args.no_memory else f" {peak_memory(name, args.device, args.batch):.0f}MB"
+        print(f"{name} {ms:.1f} {ms / plain:.2f}{mem}", flush=True)
+    print(f"mcpm_ratio={statistics.mean(times['mcpm']) / plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()
