@@ -169,6 +169,14 @@ class Reweighter(Component):
         """
         raise NotImplementedError
 
+    def preview(self, ctx: StepContext) -> torch.Tensor | None:
+        """Weights this reweighter would give now, without learning anything (for pictures).
+
+        Shape:
+            returns (N, H, W), or None when the reweighter has nothing to show
+        """
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -424,6 +424,29 @@ class _Loop:
         )
         return final
 
+    def _preview_weights(self, index: torch.Tensor) -> np.ndarray | None:
+        """The reweighter's current weight maps of some training images (model in eval mode,
+        so no BatchNorm statistic changes), or None."""
+        if not len(index):
+            return None
+        x = self.train_set.images[index].to(self.device)
+        y = self.parts.corrector.labels(index).to(self.device)
+        meta = next(self.meta) if self.meta is not None else (None, None)
+        meta_x, meta_y = (None if t is None else t.to(self.device) for t in meta)
+        self.model.eval()
+        try:
+            logits = self.model(x)
+            ctx = StepContext(
+                model=self.model, optimizer=self.optimizer, images=x, labels=y, logits=logits,
+                loss_map=per_pixel_loss(logits, y), step=self.step, epoch=len(self.history),
+                meta_images=meta_x, meta_labels=meta_y,
+            )
+            weights = self.parts.reweighter.preview(ctx)
+        finally:
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+        return None if weights is None else weights.detach().cpu().numpy()
+
     def _example_rows(self) -> list[dict[str, Any]]:
         n = self.cfg.output.figure_images
         ts = self.train_set
@@ -432,11 +455,13 @@ class _Loop:
         test_idx = np.arange(min(len(self.splits.test), n - len(train_idx)))
         rows = []
         train_pred = predict_all(self.model, ts.images[train_idx], self.device)
+        weights = self._preview_weights(train_idx)
         for k, i in enumerate(train_idx.tolist()):
             rows.append({
                 "title": f"train #{i}" + (" (corrupted)" if bool(ts.corrupted[i]) else ""),
                 "image": ts.images[i].numpy(), "clean": ts.clean[i].numpy(),
                 "noisy": ts.noisy[i].numpy(), "pred": train_pred[k],
+                "weight": None if weights is None else weights[k],
             })
         test_pred = predict_all(self.model, torch.from_numpy(self.splits.test.images[test_idx]), self.device)
         for k, i in enumerate(test_idx.tolist()):

@@ -44,7 +44,8 @@ class SecondOrderError(NoisysegError):
 
 def _explain(exc: RuntimeError) -> NoisysegError | RuntimeError:
     text = str(exc)
-    if ("derivative for" in text and "not implemented" in text) or "double backward" in text.lower():
+    if (("derivative for" in text and "not implemented" in text)
+            or "double backward" in text.lower() or "once_differentiable" in text):
         return SecondOrderError(
             "this backbone cannot be differentiated twice, which the meta reweighters need "
             f"({text.splitlines()[0]}). Hardswish/Hardsigmoid encoders (e.g. mobilenetv3) and "
@@ -95,6 +96,11 @@ def meta_gradient(
     Returns:
         (meta loss (detached scalar), gradients matching ``wrt``)
     """
+    if getattr(model, "_orig_mod", None) is not None:
+        raise SecondOrderError(
+            "a torch.compile'd model cannot be differentiated twice through higher; use the jvp "
+            "method (reweighter.options.method=jvp, with virtual=sgd) or an uncompiled model"
+        )
     inner = _inner_optimizer(model, alpha, virtual, optimizer)
     try:
         with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):

@@ -89,6 +89,10 @@ class MetaNetReweighter(Reweighter):
         with torch.no_grad():
             return self.weights(ctx.loss_map)
 
+    def preview(self, ctx: StepContext) -> torch.Tensor:
+        with torch.no_grad():
+            return self.weights(ctx.loss_map)
+
     def meta_step(self, ctx: StepContext) -> None:
         """Steps 1-3: one Adam step of the weighting net on the meta loss at W'."""
         assert ctx.meta_images is not None and ctx.meta_labels is not None

@@ -186,3 +186,21 @@ def test_first_order_meta_gradient_is_the_small_alpha_limit() -> None:
         _, first = meta_pixel_gradient(model, x, y, loss, w, xm, ym, per_pixel_loss, alpha,
                                        first_order=True)
         assert _rel_err(first, exact) < tol
+
+
+def test_model_without_second_derivative_gets_a_clear_error() -> None:
+    from noisyseg.meta import SecondOrderError, _explain
+
+    # what torch says for an op without double backward (e.g. hardswish in older releases)
+    err = RuntimeError("derivative for aten::hardswish_backward is not implemented")
+    assert isinstance(_explain(err), SecondOrderError)
+    assert "Hardswish" in str(_explain(err))
+    assert _explain(RuntimeError("something else")).__class__ is RuntimeError
+
+    x, y = _batch(2)
+    compiled = torch.nn.Conv2d(1, 1, 1)
+    compiled._orig_mod = torch.nn.Conv2d(1, 1, 1)      # what torch.compile's wrapper carries
+    loss = per_pixel_loss(compiled(x), y)
+    eps = torch.rand_like(loss, requires_grad=True)
+    with pytest.raises(SecondOrderError, match="torch.compile"):
+        meta_gradient(compiled, loss, eps, x, y, [eps], per_pixel_loss, ALPHA)

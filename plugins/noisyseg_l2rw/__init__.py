@@ -70,6 +70,9 @@ class L2RWReweighter(Reweighter):
         w = normalise(torch.clamp(-self.eps_gradient(ctx), min=0))
         return w.expand_as(ctx.loss_map).detach()
 
+    def preview(self, ctx: StepContext) -> torch.Tensor:
+        return self.weigh(ctx)  # nothing is learned across steps
+
 
 @hookimpl
 def register_reweighters() -> list[type[Reweighter]]:
