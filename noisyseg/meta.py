@@ -24,11 +24,15 @@ in direction v (``torch.func.jvp`` over ``functional_call``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-import higher
 import torch
+
+with warnings.catch_warnings():  # higher 0.2.1 uses torch.jit.script, deprecated in torch 2.9
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    import higher
 from torch import nn
 from torch.func import functional_call, jvp
 

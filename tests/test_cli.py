@@ -57,3 +57,23 @@ def test_plugins_lists_every_builtin_component() -> None:
 def test_config_command_prints_resolved_defaults() -> None:
     result = CliRunner().invoke(cli, ["config"])
     assert result.exit_code == 0 and "rate: 0.4" in result.output
+
+
+def test_meta_reweighter_from_the_cli_with_options(tmp_path: Path) -> None:
+    out = tmp_path / "mcpm"
+    result = CliRunner().invoke(cli, [
+        "run", "--reweighter", "mcpm", "--noise", "elastic", "--epochs", "1", "--out", str(out),
+        "-q", "--batch-size", "8",
+        "--set", "dataset.options={size: 32, n_train: 16, n_meta: 4, n_test: 4}",
+        "--set", "backbone.options={base_channels: 4, depth: 2}",
+        "--set", "reweighter.options.interval=2", "--set", "reweighter.options.width3=4",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "interval: 2" in (out / "config.yaml").read_text()
+    bad = CliRunner().invoke(cli, ["run", "--reweighter", "mcpm", "--set",
+                                   "reweighter.options.interval=0", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "reweighter.options.interval" in bad.output
+    nometa = CliRunner().invoke(cli, ["run", "--reweighter", "l2rw", "--set",
+                                      "dataset.options.n_meta=0", "--out", str(tmp_path / "y")])
+    assert nometa.exit_code == 2 and "needs a clean meta set" in nometa.output
+    assert not (tmp_path / "y").exists()

@@ -112,3 +112,18 @@ def test_device_resolution() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError, match="device"):
         resolve_device("tpu:0")
+
+
+@pytest.mark.parametrize("name", ["mcpm", "mwnet", "l2rw"])
+def test_meta_reweighter_runs_are_deterministic_and_log_noise_detection(tmp_path: Path,
+                                                                        name: str) -> None:
+    a = _run(tmp_path, "a", seed=3, reweighter={"name": name}, noise={"rate": 0.5})
+    b = _run(tmp_path, "b", seed=3, reweighter={"name": name}, noise={"rate": 0.5})
+    assert a.metrics == {**b.metrics, "seconds": a.metrics["seconds"]}
+    ha, hb = a.history[0], b.history[0]
+    assert ha["weight_auroc"] == hb["weight_auroc"]
+    assert 0 <= ha["weight_auroc"] <= 1
+    assert ha["weight_mean_corrupted"] >= 0 and ha["weight_mean_clean"] >= 0
+    ckpt = torch.load(a.run_dir / "checkpoint.pt", weights_only=False)
+    if name != "l2rw":
+        assert "net" in ckpt["reweighter"] and "optimizer" in ckpt["reweighter"]
