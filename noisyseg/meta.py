@@ -12,7 +12,7 @@ step's gradient is taken from the loss map the training loop already computed, s
 batch is not forwarded a second time. higher runs the virtual model on copies of the BatchNorm
 buffers: the real model's running statistics do not change.
 
-:func:`meta_gradient_fast` computes the same gradient for a plain-SGD virtual step without any
+:func:`meta_pixel_gradient` computes the same gradient for a plain-SGD virtual step without any
 double backward (design.md §7): with v = grad_W L^(W'),
 
     dL^/dR_i = -(alpha / P) * <grad_W L_i(W), v>               (P = number of pixels)
