@@ -40,6 +40,9 @@ class WeightMLP(nn.Module):
 
 class MWNetOptions(MetaNetOptions):
     hidden: int = Field(100, ge=1, description="hidden units of the MLP")
+    normalize: bool = Field(
+        False, description="scale the weights to mean 1 per batch (off by default for mwnet: "
+        "measured worse, see docs/methods.md)")
     per: Literal["pixel", "image"] = Field("pixel", description="weigh each pixel or each image")
 
 
