@@ -28,7 +28,7 @@ import torch
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.engine import resolve_device, train_step
 from noisyseg.losses import per_pixel_loss
-from noisyseg.testing import _context
+from noisyseg.testing import cpu_run_context
 
 # name -> (reweighter, options)
 METHODS = {
@@ -59,7 +59,7 @@ def make(registry, base, name: str, device: torch.device):
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     reweighter = registry.build("reweighter", reweighter_name, options)
-    ctx = _context(model, 2)
+    ctx = cpu_run_context(2)
     ctx.device, ctx.loss_fn = device, per_pixel_loss
     reweighter.setup(ctx)
     return model, optimizer, reweighter

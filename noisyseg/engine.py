@@ -245,21 +245,21 @@ def run(
     include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta)
 
-    model = parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
+    def build_model() -> nn.Module:
+        return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
+
+    model = build_model()
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
-    steps_per_epoch = max(len(train) // cfg.train.batch_size, 1)
     context = RunContext(
-        build_model=lambda: parts.backbone.build(
-            splits.in_channels, out_channels(splits.num_classes)
-        ).to(device),
+        build_model=build_model,
         make_optimizer=lambda params: make_optimizer(cfg, params),
         loss_fn=per_pixel_loss,
         device=device,
         num_classes=splits.num_classes,
         noise_rate=cfg.noise.rate,
         epochs=cfg.train.epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=max(len(train) // cfg.train.batch_size, 1),
         seed=cfg.seed,
     )
     parts.reweighter.setup(context)
@@ -332,6 +332,7 @@ class _Loop:
 
     @property
     def steps_per_epoch(self) -> int:
+        """As in data.batches: full batches only, at least one."""
         return max(len(self.train_set) // self.cfg.train.batch_size, 1)
 
     def train(self, progress: bool) -> list[dict[str, Any]]:

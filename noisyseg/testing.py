@@ -116,7 +116,8 @@ def check_dataset(cls: type[Dataset], options: dict[str, Any] | None = None) -> 
         )
 
 
-def _context(model: torch.nn.Module, num_classes: int) -> RunContext:
+def cpu_run_context(num_classes: int = 2) -> RunContext:
+    """A RunContext for exercising a component outside a run: CPU, SGD, a tiny model factory."""
     return RunContext(
         build_model=lambda: _tiny_model(num_classes),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
@@ -144,7 +145,7 @@ def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: i
     reweighter = cls(cls.Options.model_validate(options or {}))
     model = _tiny_model(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    reweighter.setup(_context(model, 2))
+    reweighter.setup(cpu_run_context(2))
     x = torch.randn(4, 1, 16, 16)
     y = torch.from_numpy(random_masks(4, 16, 2, seed=seed))
     logits = model(x)
@@ -165,7 +166,7 @@ def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = Non
     assert (w >= 0).all(), f"{cls.name}: negative weights"
     assert torch.equal(w, _weights_once(cls, options, seed=0)), f"{cls.name}: not deterministic"
     reweighter = cls(cls.Options.model_validate(options or {}))
-    reweighter.setup(_context(_tiny_model(2), 2))
+    reweighter.setup(cpu_run_context(2))
     reweighter.load_state_dict(reweighter.state_dict())
 
 
@@ -173,7 +174,7 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
     """Labels keep shape, dtype and range through observe / end_epoch; state round-trips."""
     corrector = cls(cls.Options.model_validate(options or {}))
     labels = torch.from_numpy(random_masks(6, 16, 2))
-    corrector.setup(labels, _context(_tiny_model(2), 2))
+    corrector.setup(labels, cpu_run_context(2))
     index = torch.tensor([0, 2, 4])
     got = corrector.labels(index)
     assert got.shape == (3, 16, 16) and got.dtype == torch.int64, (
@@ -188,7 +189,7 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
     assert after.min() >= 0 and after.max() < 2, f"{cls.name}: labels out of range"
     state = corrector.state_dict()
     fresh = cls(cls.Options.model_validate(options or {}))
-    fresh.setup(labels, _context(_tiny_model(2), 2))
+    fresh.setup(labels, cpu_run_context(2))
     fresh.load_state_dict(state)
     assert torch.equal(fresh.labels(torch.arange(6)), after), f"{cls.name}: state does not round-trip"
 

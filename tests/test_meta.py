@@ -11,7 +11,7 @@ from torch.func import functional_call
 from noisyseg import Registry, StepContext
 from noisyseg.losses import per_pixel_loss
 from noisyseg.meta import meta_gradient, meta_pixel_gradient
-from noisyseg.testing import _context
+from noisyseg.testing import cpu_run_context
 
 ALPHA = 0.5
 
@@ -62,7 +62,7 @@ def _build(registry: Registry, name: str, **options):
     reweighter = registry.build("reweighter", name, {"alpha": ALPHA, **options})
     torch.manual_seed(0)
     model = UNet(1, 1, base=2, depth=1)
-    ctx = _context(model, 2)
+    ctx = cpu_run_context(2)
     reweighter.setup(ctx)
     return reweighter, model
 
@@ -118,7 +118,7 @@ def test_higher_and_jvp_paths_agree(registry: Registry, backbone: str, name: str
     grads = {}
     for method in ("higher", "jvp"):
         reweighter = registry.build("reweighter", name, {"alpha": ALPHA, "method": method})
-        reweighter.setup(_context(model, 2))
+        reweighter.setup(cpu_run_context(2))
         ctx = StepContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                           images=x, labels=y, logits=None, loss_map=loss, step=0, epoch=0,
                           meta_images=xm, meta_labels=ym)
@@ -163,7 +163,7 @@ def test_l2rw_gives_zero_weight_to_labels_that_contradict_the_meta_set(registry:
     y = torch.where(flipped, (x[:, 0] <= 0).long(), (x[:, 0] > 0).long())
     loss = per_pixel_loss(model(x), y)
     reweighter = registry.build("reweighter", "l2rw", {"alpha": ALPHA, "method": method})
-    reweighter.setup(_context(model, 2))
+    reweighter.setup(cpu_run_context(2))
     ctx = StepContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                       images=x, labels=y, logits=None, loss_map=loss, step=0, epoch=0,
                       meta_images=xm, meta_labels=ym)
