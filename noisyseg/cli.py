@@ -94,11 +94,16 @@ def run(config_file: Path | None, assignments: tuple[str, ...], quiet: bool, deb
     The run directory gets config.yaml, metrics.jsonl (one line per epoch), metrics.json
     (final), checkpoint.pt, examples.png and curves.png.
 
+    Component names (dataset, noise, backbone, reweighter, corrector) are listed by
+    `noisyseg plugins`; each component's options are set with --set or in the config file.
+
     \b
     Examples:
       noisyseg run
-      noisyseg run --reweighter none --noise elastic --noise-rate 0.6 --epochs 20
+      noisyseg run --reweighter mcpm --noise elastic
+      noisyseg run --noise elastic --noise-rate 0.6 --epochs 20
       noisyseg run --config my.toml --set train.lr=0.0005
+      noisyseg run --reweighter mcpm --set reweighter.options.interval=5
     """
     from noisyseg.engine import run as run_engine
 
