@@ -110,14 +110,15 @@ def validate(data: dict[str, Any]) -> Config:
         raise ConfigError(format_errors(exc)) from None
 
 
-def format_errors(exc: ValidationError) -> str:
+def format_errors(exc: ValidationError, prefix: str = "", head: str = "invalid config") -> str:
+    """One line naming every offending field (``prefix`` is put before each field path)."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "config"
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if "input" not in err or isinstance(got, dict) else f" (got {got!r})"
         parts.append(f"{loc}: {err['msg']}{shown}")
-    return "invalid config: " + "; ".join(parts)
+    return f"{head}: " + "; ".join(parts)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

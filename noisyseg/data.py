@@ -106,11 +106,15 @@ def check_splits(splits: Splits, source: str) -> None:
             )
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one epoch of :func:`batches`: full batches only, at least one."""
+    return max(n // batch_size, 1)
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch of shuffled index batches (the last, smaller batch is dropped if n > batch)."""
     order = torch.randperm(n, generator=generator)
-    full = max(n // batch_size, 1)
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(full)]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps_per_epoch(n, batch_size))]
 
 
 class Cycler:

@@ -36,7 +36,14 @@ from noisyseg.components import (
     StepContext,
 )
 from noisyseg.config import Config, resolve
-from noisyseg.data import Cycler, NoisyTrainSet, batches, build_train_set, check_splits
+from noisyseg.data import (
+    Cycler,
+    NoisyTrainSet,
+    batches,
+    build_train_set,
+    check_splits,
+    steps_per_epoch,
+)
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.losses import class_probs, out_channels, per_pixel_loss, predict
 from noisyseg.metrics import detection_auroc, evaluate
@@ -184,16 +191,8 @@ def train_step(
         images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    x, y = images.to(device), labels.to(device)
-    logits = model(x)
-    loss_map = per_pixel_loss(logits, y)
-    meta_x = meta_y = None
-    if meta is not None:
-        meta_x, meta_y = (t.to(device) for t in meta)
-    ctx = StepContext(
-        model=model, optimizer=optimizer, images=x, labels=y, logits=logits, loss_map=loss_map,
-        step=step, epoch=epoch, meta_images=meta_x, meta_labels=meta_y,
-    )
+    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device)
+    loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
         raise NoisysegError(
@@ -208,7 +207,28 @@ def train_step(
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return StepOutput(loss=float(loss.item()), weights=weights, logits=logits.detach())
+    return StepOutput(loss=float(loss.item()), weights=weights, logits=ctx.logits.detach())
+
+
+def step_context(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    meta: tuple[torch.Tensor, torch.Tensor] | None,
+    step: int,
+    epoch: int,
+    device: torch.device,
+) -> StepContext:
+    """Forward ``images`` (moved to ``device`` with labels and meta batch) and wrap the result."""
+    x, y = images.to(device), labels.to(device)
+    logits = model(x)
+    meta_x, meta_y = (None, None) if meta is None else (t.to(device) for t in meta)
+    return StepContext(
+        model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
+        loss_map=per_pixel_loss(logits, y), step=step, epoch=epoch,
+        meta_images=meta_x, meta_labels=meta_y,
+    )
 
 
 def run(
@@ -259,7 +279,7 @@ def run(
         num_classes=splits.num_classes,
         noise_rate=cfg.noise.rate,
         epochs=cfg.train.epochs,
-        steps_per_epoch=max(len(train) // cfg.train.batch_size, 1),
+        steps_per_epoch=steps_per_epoch(len(train), cfg.train.batch_size),
         seed=cfg.seed,
     )
     parts.reweighter.setup(context)
@@ -332,8 +352,7 @@ class _Loop:
 
     @property
     def steps_per_epoch(self) -> int:
-        """As in data.batches: full batches only, at least one."""
-        return max(len(self.train_set) // self.cfg.train.batch_size, 1)
+        return steps_per_epoch(len(self.train_set), self.cfg.train.batch_size)
 
     def train(self, progress: bool) -> list[dict[str, Any]]:
         cfg = self.cfg
@@ -430,17 +449,12 @@ class _Loop:
         so no BatchNorm statistic changes), or None."""
         if not len(index):
             return None
-        x = self.train_set.images[index].to(self.device)
-        y = self.parts.corrector.labels(index).to(self.device)
-        meta = next(self.meta) if self.meta is not None else (None, None)
-        meta_x, meta_y = (None if t is None else t.to(self.device) for t in meta)
+        meta = next(self.meta) if self.meta is not None else None
         self.model.eval()
         try:
-            logits = self.model(x)
-            ctx = StepContext(
-                model=self.model, optimizer=self.optimizer, images=x, labels=y, logits=logits,
-                loss_map=per_pixel_loss(logits, y), step=self.step, epoch=len(self.history),
-                meta_images=meta_x, meta_labels=meta_y,
+            ctx = step_context(
+                self.model, self.optimizer, self.train_set.images[index],
+                self.parts.corrector.labels(index), meta, self.step, len(self.history), self.device,
             )
             weights = self.parts.reweighter.preview(ctx)
         finally:

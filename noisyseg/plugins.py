@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from noisyseg import hookspecs
 from noisyseg.components import KINDS, Component
+from noisyseg.config import format_errors
 from noisyseg.errors import ConfigError, PluginError
 
 GROUP = "noisyseg"
@@ -168,15 +169,7 @@ class Registry:
         try:
             opts = cls.Options.model_validate(options or {})
         except ValidationError as exc:
-            raise ConfigError(_format_validation(exc, f"{kind}.options", name)) from None
+            raise ConfigError(
+                format_errors(exc, f"{kind}.options", f"invalid options for '{name}'")
+            ) from None
         return cls(opts)
-
-
-def _format_validation(exc: ValidationError, prefix: str, owner: str = "") -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        parts.append(f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err
-                                               and not isinstance(err["input"], dict) else ""))
-    head = f"invalid options for '{owner}': " if owner else "invalid config: "
-    return head + "; ".join(parts)
