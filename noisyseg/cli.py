@@ -133,6 +133,9 @@ def run(config_file: Path | None, assignments: tuple[str, ...], quiet: bool, deb
         f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} px  "
         f"HD95 {m['hd95']:.2f} px  ({m['epochs']} epochs, {m['seconds']:.0f} s)"
     )
+    before, after = m["train_label_error_initial"], m["train_label_error_final"]
+    if before != after:
+        click.echo(f"training labels: {before:.2%} of pixels wrong at the start, {after:.2%} at the end")
 
 
 @cli.command()

@@ -116,7 +116,12 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class RunContext:
-    """What a reweighter or corrector may know about the run, given once at setup."""
+    """What a reweighter or corrector may know about the run, given once at setup.
+
+    ``noise_rate`` is the configured fraction r of training images whose mask the noise model
+    corrupted; ``pixel_noise_rate`` the fraction of training pixels it changed (both 0 when no
+    noise is added on purpose, i.e. on data whose noise is unknown).
+    """
 
     build_model: Callable[[], nn.Module]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
@@ -127,6 +132,7 @@ class RunContext:
     epochs: int
     steps_per_epoch: int
     seed: int
+    pixel_noise_rate: float = 0.0
 
 
 @dataclass

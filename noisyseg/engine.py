@@ -163,6 +163,9 @@ class WeightStats:
             "weight_mean_corrupted": float(w[c].mean()) if c.any() else nan,
             "weight_mean_clean": float(w[~c].mean()) if (~c).any() else nan,
             "weight_auroc": detection_auroc(1.0 - w, c),
+            # share of the weight on truly clean pixels: for a 0/1 selection (co-teaching) the
+            # precision of the kept pixels
+            "weight_on_clean": float(w[~c].sum() / w.sum()) if w.sum() > 0 else nan,
         }
 
 
@@ -281,6 +284,7 @@ def run(
         epochs=cfg.train.epochs,
         steps_per_epoch=steps_per_epoch(len(train), cfg.train.batch_size),
         seed=cfg.seed,
+        pixel_noise_rate=float((train.noisy != train.clean).float().mean()),
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)
@@ -365,6 +369,7 @@ class _Loop:
                 bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
                 start, losses = time.perf_counter(), []
                 stats = WeightStats(cfg.seed + epoch)
+                labels_before = self.parts.corrector.store.clone()
                 self.model.train()
                 for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
                     losses.append(self._step(index, epoch, stats))
@@ -372,7 +377,8 @@ class _Loop:
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                     if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
                         break
-                record = self._end_epoch(epoch, losses, stats, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
                 if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
                     break
@@ -381,19 +387,19 @@ class _Loop:
         return self.history
 
     def _end_epoch(
-        self, epoch: int, losses: list[float], stats: WeightStats, seconds: float
+        self, epoch: int, losses: list[float], stats: WeightStats, labels_before: torch.Tensor,
+        seconds: float,
     ) -> dict[str, Any]:
         corrector_metrics = self.parts.corrector.end_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        store = self.parts.corrector.store
         test = self._evaluate(distances=False)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.step,
             "lr": lr,
             "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "label_error": float((store != self.train_set.clean).float().mean()),
+            **self._label_changes(labels_before),
             **stats.summary(),
             **corrector_metrics,
             **{f"test_{k}": v for k, v in test.items()},
@@ -404,6 +410,19 @@ class _Loop:
         rundir.save_checkpoint(self.run_dir, self._state(epoch))
         self.pm.hook.on_epoch_end(epoch=epoch + 1, metrics=dict(record), run_dir=str(self.run_dir))
         return record
+
+    def _label_changes(self, before: torch.Tensor) -> dict[str, float]:
+        """Training-label error against the clean masks, and what the corrector changed this epoch:
+        how many pixels and the fraction of them that now hold the clean label (precision)."""
+        store, clean = self.parts.corrector.store, self.train_set.clean
+        changed = store != before
+        n = int(changed.sum())
+        return {
+            "label_error": float((store != clean).float().mean()),
+            "labels_changed": float(n),
+            "label_change_precision": float((store[changed] == clean[changed]).float().mean())
+            if n else math.nan,
+        }
 
     def _evaluate(self, distances: bool) -> dict[str, float]:
         preds = predict_all(self.model, torch.from_numpy(self.splits.test.images), self.device)
@@ -431,8 +450,11 @@ class _Loop:
     def finish(self) -> dict[str, float]:
         """Final test metrics (Hausdorff included), metrics.json and the pictures."""
         final = self._evaluate(distances=True)
+        ts = self.train_set
         final = {
             **final,
+            "train_label_error_initial": float((ts.noisy != ts.clean).float().mean()),
+            "train_label_error_final": float((self.parts.corrector.store != ts.clean).float().mean()),
             "epochs": len(self.history),
             "steps": self.step,
             "seconds": round(sum(h["seconds"] for h in self.history), 3),

@@ -128,6 +128,7 @@ def cpu_run_context(num_classes: int = 2) -> RunContext:
         epochs=2,
         steps_per_epoch=2,
         seed=0,
+        pixel_noise_rate=0.1,
     )
 
 

@@ -127,3 +127,39 @@ def test_meta_reweighter_runs_are_deterministic_and_log_noise_detection(tmp_path
     ckpt = torch.load(a.run_dir / "checkpoint.pt", weights_only=False)
     if name != "l2rw":
         assert "net" in ckpt["reweighter"] and "optimizer" in ckpt["reweighter"]
+
+
+def test_mcpm_with_plc_through_the_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from noisyseg.cli import cli
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_run_config(
+        train={"epochs": 2}, corrector={"name": "plc", "options": {"warmup_epochs": 0, "delta": 0.6,
+                                                                    "delta_min": 0.6}},
+    )))
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--reweighter", "mcpm",
+                                      "--noise-rate", "1", "--out", str(tmp_path / "r"), "-q"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"plc_delta", "plc_flipped", "labels_changed", "label_change_precision",
+                "weight_auroc"} <= set(x) for x in lines)
+    assert sum(x["labels_changed"] for x in lines) == sum(x["plc_flipped"] for x in lines) > 0
+    final = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert final["train_label_error_final"] == lines[-1]["label_error"]
+    assert final["train_label_error_final"] != final["train_label_error_initial"]
+    assert "training labels:" in result.output
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ckpt["corrector"]["labels"].shape[1:] == (32, 32)
+
+
+def test_coteaching_run_is_deterministic_and_logs_kept_precision(tmp_path: Path) -> None:
+    a = _run(tmp_path, "a", seed=3, reweighter={"name": "coteaching", "options": {"num_gradual": 0}},
+             train={"epochs": 2})
+    b = _run(tmp_path, "b", seed=3, reweighter={"name": "coteaching", "options": {"num_gradual": 0}},
+             train={"epochs": 2})
+    assert a.metrics == {**b.metrics, "seconds": a.metrics["seconds"]}
+    assert 0 < a.history[-1]["weight_on_clean"] <= 1
+    ckpt = torch.load(a.run_dir / "checkpoint.pt", weights_only=False)
+    assert set(ckpt["reweighter"]) == {"peer", "peer_optimizer"}

@@ -78,8 +78,8 @@ def test_duplicate_name_names_both_plugins() -> None:
 
 
 def test_unknown_name_lists_the_choices(registry: Registry) -> None:
-    with pytest.raises(ConfigError,
-                       match=r"unknown reweighter 'mcmp'; choose one of: l2rw, mcpm, mwnet, none"):
+    choices = "coteaching, l2rw, mcpm, mwnet, none"
+    with pytest.raises(ConfigError, match=rf"unknown reweighter 'mcmp'; choose one of: {choices}"):
         registry.get("reweighter", "mcmp")
     with pytest.raises(ConfigError, match=r"unknown noise model 'dilate'; choose one of: .*dilation"):
         registry.build("noise", "dilate")
