@@ -21,7 +21,14 @@ from noisyseg.components import (
 )
 from noisyseg.config import Config
 from noisyseg.engine import RunResult, run
-from noisyseg.errors import ConfigError, DataError, NoisysegError, PluginError
+from noisyseg.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NoisysegError,
+    NumericalError,
+    PluginError,
+)
 from noisyseg.hookspecs import hookimpl
 from noisyseg.plugins import Registry, build_plugin_manager
 
@@ -32,6 +39,7 @@ except metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "Backbone",
+    "CheckpointError",
     "Config",
     "ConfigError",
     "DataError",
@@ -39,6 +47,7 @@ __all__ = [
     "LabelCorrector",
     "NoiseModel",
     "NoisysegError",
+    "NumericalError",
     "PluginError",
     "Registry",
     "Reweighter",

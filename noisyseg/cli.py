@@ -1,7 +1,8 @@
 """The ``noisyseg`` command line (click).
 
-Every error noisyseg raises on purpose is printed as one line on stderr with exit code 2;
-``--debug`` shows the traceback instead.
+Every error noisyseg raises on purpose is printed as one line on stderr, with exit code 2 for
+bad input (click's convention) and 1 for a failure during training (a NaN loss); ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from noisyseg.config import load_file, merge, parse_assignment, resolve
-from noisyseg.errors import NoisysegError
+from noisyseg.errors import ConfigError, NoisysegError
 
 KIND_TITLES = {
     "dataset": "datasets",
@@ -29,7 +30,7 @@ KIND_TITLES = {
 
 
 def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn NoisysegError into one readable line and exit code 2 (unless --debug)."""
+    """Turn NoisysegError into one readable line and its exit code (unless --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,7 +41,7 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
 
     return wrapper
 
@@ -82,17 +83,22 @@ def cli() -> None:
               help="Allow writing into a directory that holds a run.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Set any config field, e.g. --set reweighter.options.alpha=0.01 (repeatable).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
+              help="Continue an interrupted run from its last checkpoint, as it was configured.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_friendly
-def run(config_file: Path | None, assignments: tuple[str, ...], quiet: bool, debug: bool,
-        **flags: Any) -> None:
+def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | None, quiet: bool,
+        debug: bool, **flags: Any) -> None:
     """Train one model and evaluate it on the clean test split.
 
     With no options this trains the default: a U-Net on synthetic lesion patches whose
     training masks are dilated for 40% of the images, and prints the test metrics.
     The run directory gets config.yaml, metrics.jsonl (one line per epoch), metrics.json
     (final), checkpoint.pt, examples.png and curves.png.
+
+    A run that dies (killed, out of time, power cut) continues with --resume RUN_DIR from the
+    end of its last finished epoch, and ends exactly as it would have uninterrupted.
 
     Component names (dataset, noise, backbone, reweighter, corrector) are listed by
     `noisyseg plugins`; each component's options are set with --set or in the config file.
@@ -104,8 +110,20 @@ def run(config_file: Path | None, assignments: tuple[str, ...], quiet: bool, deb
       noisyseg run --noise elastic --noise-rate 0.6 --epochs 20
       noisyseg run --config my.toml --set train.lr=0.0005
       noisyseg run --reweighter mcpm --set reweighter.options.interval=5
+      noisyseg run --resume runs/20261122-101500-synthetic-dilation-mcpm
     """
     from noisyseg.engine import run as run_engine
+
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        given += ["--config"] * bool(config_file) + ["--set"] * bool(assignments)
+        if given:
+            raise ConfigError(
+                f"--resume continues a run as it was configured; drop {', '.join(given)}"
+            )
+        result = run_engine(resume=resume, progress=not quiet)
+        _report(result.metrics, result.run_dir)
+        return
 
     data: dict[str, Any] = load_file(config_file) if config_file else {}
     paths = {
@@ -127,8 +145,11 @@ def run(config_file: Path | None, assignments: tuple[str, ...], quiet: bool, deb
         data = merge(data, parse_assignment(text))
     config = resolve(data)
     result = run_engine(config, progress=not quiet)
-    click.echo(f"run directory: {result.run_dir}")
-    m = result.metrics
+    _report(result.metrics, result.run_dir)
+
+
+def _report(m: dict[str, Any], run_dir: Path) -> None:
+    click.echo(f"run directory: {run_dir}")
     click.echo(
         f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} px  "
         f"HD95 {m['hd95']:.2f} px  ({m['epochs']} epochs, {m['seconds']:.0f} s)"

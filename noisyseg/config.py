@@ -78,6 +78,9 @@ class TrainConfig(_Section):
     )
     meta_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN or infinite loss stops the run, or its batch is skipped"
+    )
 
 
 class OutputConfig(_Section):

@@ -8,6 +8,7 @@ the corruption of one image does not depend on the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,3 +132,11 @@ class Cycler:
             self._queue = batches(len(self.tensors[0]), self.batch_size, self.generator)
         index = self._queue.pop(0)
         return tuple(t[index] for t in self.tensors)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the cycle stands: the generator and the batches left in the current pass."""
+        return {"generator": self.generator.get_state(), "queue": [q.clone() for q in self._queue]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self._queue = [q.clone() for q in state["queue"]]

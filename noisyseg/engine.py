@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,17 +45,13 @@ from noisyseg.data import (
     check_splits,
     steps_per_epoch,
 )
-from noisyseg.errors import ConfigError, NoisysegError
+from noisyseg.errors import CheckpointError, ConfigError, NoisysegError, NumericalError
 from noisyseg.losses import class_probs, out_channels, per_pixel_loss, predict
 from noisyseg.metrics import detection_auroc, evaluate
 from noisyseg.plugins import Registry, build_plugin_manager
 
 #: at most this many training pixels per epoch are kept to score the weights (AUROC)
 _WEIGHT_SAMPLE = 1_000_000
-
-
-class NumericalError(NoisysegError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -174,6 +171,7 @@ class StepOutput:
     loss: float
     weights: torch.Tensor = field(repr=False)
     logits: torch.Tensor = field(repr=False)
+    skipped: bool = False
 
 
 def train_step(
@@ -187,8 +185,12 @@ def train_step(
     epoch: int,
     device: torch.device,
     grad_clip: float | None = None,
+    on_nonfinite: str = "stop",
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
+
+    A NaN or infinite loss raises :class:`NumericalError`, or with ``on_nonfinite="skip"`` the
+    step is not taken and the output's ``skipped`` is True.
 
     Shape:
         images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
@@ -203,9 +205,11 @@ def train_step(
             f"expected {tuple(loss_map.shape)}"
         )
     loss = (weights * loss_map).mean()
-    if not torch.isfinite(loss):
-        raise NumericalError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1})")
     optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        if on_nonfinite == "skip":
+            return StepOutput(loss=math.nan, weights=weights, logits=ctx.logits.detach(), skipped=True)
+        raise NumericalError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1})")
     loss.backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -239,6 +243,7 @@ def run(
     *,
     plugin_manager: pluggy.PluginManager | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train one model as ``config`` says and evaluate it on the clean test split.
@@ -247,14 +252,25 @@ def run(
         config: a :class:`Config`, plain data, a path to a TOML/YAML/JSON file, or None.
         plugin_manager: use this manager (default: a fresh one with every installed plugin).
         progress: show a progress bar.
+        resume: continue the run in this directory from its last checkpoint, as it was
+            configured (give no ``config`` or overrides with it). The result is the same as
+            that of an uninterrupted run.
         **overrides: config fields with ``__`` for nesting, e.g. ``train__epochs=3``.
     """
-    cfg = resolve(config, **overrides)
+    checkpoint = None
+    if resume is not None:
+        if config is not None or overrides:
+            raise ConfigError("resume continues a run as it was configured; give no other settings")
+        checkpoint = rundir.load_checkpoint(Path(resume))
+        cfg = resolve(checkpoint["config"], output__dir=str(resume))
+    else:
+        cfg = resolve(config, **overrides)
     pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
     parts = build_components(cfg, Registry(pm))
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
-    rundir.check_free(run_dir, cfg.output.overwrite)
+    if checkpoint is None:
+        rundir.check_free(run_dir, cfg.output.overwrite)
 
     seed_everything(cfg.seed)
     splits = parts.dataset.load(cfg.seed)
@@ -298,14 +314,22 @@ def run(
         else None
     )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (rundir.HISTORY, rundir.FINAL):
-        (run_dir / stale).unlink(missing_ok=True)
-    rundir.write_config(run_dir, cfg)
-
+    created = not run_dir.exists()
     loop = _Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir)
-    history = loop.train(progress)
-    final = loop.finish()
+    if checkpoint is not None:
+        loop.restore(checkpoint)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (rundir.HISTORY, rundir.FINAL, rundir.CHECKPOINT):
+            (run_dir / stale).unlink(missing_ok=True)
+        rundir.write_config(run_dir, cfg)
+    try:
+        history = loop.train(progress)
+        final = loop.finish()
+    except BaseException:
+        if created and not (run_dir / rundir.CHECKPOINT).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: leave no half-run
+        raise
     return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model)
 
 
@@ -333,6 +357,8 @@ class _Loop:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.step = 0
+        self.start_epoch = 0
+        self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
         labels = self.parts.corrector.labels(index)
@@ -341,17 +367,23 @@ class _Loop:
             out = train_step(
                 self.model, self.optimizer, self.parts.reweighter,
                 self.train_set.images[index], labels, meta, self.step, epoch, self.device,
-                self.cfg.train.grad_clip,
+                self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
-            raise NumericalError(f"{exc}; {kept}. Try a lower train.lr or set train.grad_clip") from None
+            raise NumericalError(
+                f"{exc}; {kept}. Try a lower train.lr, set train.grad_clip, or "
+                "train.on_nonfinite=skip to drop such batches"
+            ) from None
+        self.step += 1
+        if out.skipped:
+            self.skipped += 1
+            return out.loss
         if self.parts.corrector.observes_predictions:
             self.parts.corrector.observe(index, class_probs(out.logits).cpu())
         wrong = labels != self.train_set.clean[index]
         stats.add(out.weights, wrong, _WEIGHT_SAMPLE // self.steps_per_epoch)
-        self.step += 1
         return out.loss
 
     @property
@@ -363,9 +395,12 @@ class _Loop:
         total = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
-        bar = tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not progress, unit="step",
+                   dynamic_ncols=True)
         try:
-            for epoch in range(cfg.train.epochs):
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
+                    break
                 bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
                 start, losses = time.perf_counter(), []
                 stats = WeightStats(cfg.seed + epoch)
@@ -380,8 +415,6 @@ class _Loop:
                 seconds = time.perf_counter() - start
                 record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
-                if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
-                    break
         finally:
             bar.close()
         return self.history
@@ -398,13 +431,15 @@ class _Loop:
             "epoch": epoch + 1,
             "step": self.step,
             "lr": lr,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_loss": float(np.nanmean(losses)) if not np.isnan(losses).all() else math.nan,
             **self._label_changes(labels_before),
             **stats.summary(),
             **corrector_metrics,
             **{f"test_{k}": v for k, v in test.items()},
             "seconds": round(seconds, 3),
         }
+        if self.cfg.train.on_nonfinite == "skip":
+            record["skipped_steps"], self.skipped = self.skipped, 0
         self.history.append(record)
         rundir.append_history(self.run_dir, record)
         rundir.save_checkpoint(self.run_dir, self._state(epoch))
@@ -439,13 +474,44 @@ class _Loop:
             "reweighter": self.parts.reweighter.state_dict(),
             "corrector": self.parts.corrector.state_dict(),
             "generator": self.generator.get_state(),
+            "meta": self.meta.state_dict() if self.meta is not None else None,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
                 "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
             "history": self.history,
         }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`_state`: every state and RNG as it was
+        at the end of that epoch, and metrics.jsonl cut back to the epochs it holds."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.parts.reweighter.load_state_dict(state["reweighter"])
+            self.parts.corrector.load_state_dict(state["corrector"])
+            if self.meta is not None:
+                self.meta.load_state_dict(state["meta"])
+            self.generator.set_state(state["generator"])
+            rng = state["rng"]
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"cannot resume from {self.run_dir / rundir.CHECKPOINT}: it does not fit this run "
+                f"({message})"
+            ) from None
+        self.history = list(state["history"])
+        self.step = int(state["step"])
+        self.start_epoch = int(state["epoch"])
+        rundir.write_history(self.run_dir, self.history)
 
     def finish(self) -> dict[str, float]:
         """Final test metrics (Hausdorff included), metrics.json and the pictures."""

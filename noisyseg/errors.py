@@ -6,6 +6,9 @@ from __future__ import annotations
 class NoisysegError(Exception):
     """Base class of every error noisyseg raises on purpose (bad input, bad config, bad plugin)."""
 
+    #: the command line's exit status: 2 for usage errors (click's convention), 1 for failures
+    exit_code = 2
+
 
 class ConfigError(NoisysegError):
     """A configuration value is missing, unknown or out of range."""
@@ -17,3 +20,13 @@ class PluginError(NoisysegError):
 
 class DataError(NoisysegError):
     """A dataset cannot be read or does not hold what it should."""
+
+
+class CheckpointError(NoisysegError):
+    """A checkpoint is missing, unreadable or does not fit the run it should resume."""
+
+
+class NumericalError(NoisysegError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 1

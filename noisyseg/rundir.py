@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from noisyseg.config import Config, dump
-from noisyseg.errors import ConfigError
+from noisyseg.errors import CheckpointError, ConfigError
 
 CONFIG = "config.yaml"
 HISTORY = "metrics.jsonl"
@@ -74,9 +74,43 @@ def append_history(run_dir: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(_json_safe(record)) + "\n")
 
 
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl by ``history`` (on resume: drop epochs the checkpoint does not hold)."""
+    write_text(run_dir / HISTORY, "".join(json.dumps(_json_safe(r)) + "\n" for r in history))
+
+
 def write_final(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_text(run_dir / FINAL, json.dumps(_json_safe(metrics), indent=2) + "\n")
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
+
+
+_CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler", "reweighter",
+                    "corrector", "generator", "rng", "history")
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint of the run in ``run_dir``, checked to hold what a resume needs."""
+    path = run_dir / CHECKPOINT
+    if not run_dir.is_dir():
+        raise CheckpointError(f"cannot resume: {run_dir} is not a directory")
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume: {path} not found (a run writes it at the end of its first epoch)"
+        )
+    if (run_dir / FINAL).exists():
+        raise ConfigError(f"cannot resume: {run_dir} holds a finished run ({FINAL}); nothing to do")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds on a damaged file
+        raise CheckpointError(
+            f"cannot resume: {path} is unreadable or damaged ({type(exc).__name__}: {exc})"
+        ) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume: {path} lacks {', '.join(missing)}; it is not a noisyseg checkpoint"
+        )
+    return state

@@ -1,0 +1,192 @@
+"""Every bad input gets one readable line on stderr, exit code 2, no traceback and no output.
+
+Each case runs the real command line; where a broken plugin is needed, the engine's plugin
+manager is swapped for one that also holds the throwaway plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import noisyseg.engine
+from noisyseg import Backbone, build_plugin_manager, hookimpl
+from noisyseg.cli import cli
+from noisyseg.testing import tiny_run_config
+from tests.conftest import write_folder_dataset
+
+TINY_DATA = ["--set", "dataset.options.size=32", "--set", "dataset.options.n_train=8",
+             "--set", "dataset.options.n_meta=4", "--set", "dataset.options.n_test=4",
+             "--epochs", "1", "--batch-size", "4", "-q"]
+TINY = [*TINY_DATA, "--set", "backbone.options.base_channels=4", "--set", "backbone.options.depth=2"]
+
+
+def _folder(root: Path, change: Callable[[Path], None]) -> list[str]:
+    change(root)
+    return ["--dataset", "folder", "--set", f"dataset.options.root={root}", "--epochs", "1", "-q"]
+
+
+def _mismatched_sizes(root: Path) -> None:
+    write_folder_dataset(root, n=6)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "case01.png")
+
+
+def _label_out_of_range(root: Path) -> None:
+    write_folder_dataset(root, n=6)
+    Image.fromarray(np.full((24, 24), 7, np.uint8)).save(root / "masks" / "case01.png")
+
+
+def _non_integer_mask(root: Path) -> None:
+    write_folder_dataset(root, n=6)
+    (root / "masks" / "case01.png").unlink()
+    np.save(root / "masks" / "case01.npy", np.full((24, 24), 0.5))
+
+
+def _empty_folder(root: Path) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+
+
+CASES = {
+    "unknown component": (lambda r: ["--reweighter", "mcmp"],
+                          "unknown reweighter 'mcmp'; choose one of: coteaching, l2rw, mcpm, mwnet, none"),
+    "noise rate above 1": (lambda r: ["--noise-rate", "1.5"],
+                           "noise.rate: Input should be less than or equal to 1"),
+    "negative lr": (lambda r: ["--lr", "-0.1"], "train.lr: Input should be greater than 0"),
+    "zero batch size": (lambda r: ["--batch-size", "0"],
+                        "train.batch_size: Input should be greater than or equal to 1"),
+    "unknown option of a component": (lambda r: ["--set", "noise.options.radius=3"],
+                                      "noise.options.radius: Extra inputs are not permitted"),
+    "image and mask sizes differ": (lambda r: _folder(r, _mismatched_sizes), "differ in size"),
+    "label outside the class range": (lambda r: [*_folder(r, _label_out_of_range), "--set",
+                                                 "dataset.options.num_classes=3"],
+                                      "hold label 7, outside the class range 0..2"),
+    "non-integer mask": (lambda r: _folder(r, _non_integer_mask), "holds non-integer values"),
+    "empty dataset folder": (lambda r: _folder(r, _empty_folder), "no images found"),
+    "missing dataset folder": (lambda r: _folder(r, lambda p: None), "does not exist"),
+    "meta method without a meta set": (lambda r: [*TINY, "--reweighter", "mcpm", "--set",
+                                                  "dataset.options.n_meta=0"],
+                                       "reweighter 'mcpm' needs a clean meta set"),
+    "missing config file": (lambda r: ["--config", str(r / "nope.toml")], "config file not found"),
+}
+
+
+def _check_one_line_error(result: object, expected: str, out: Path) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("Error: "), result.stderr
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists(), f"left behind: {sorted(p.name for p in out.rglob('*'))}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, case: str) -> None:
+    args, expected = CASES[case]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", *args(tmp_path / "data"), "--out", str(out)])
+    _check_one_line_error(result, expected, out)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "--reweighter", "mcmp", "--debug"])
+    assert result.exit_code != 0 and isinstance(result.exception, noisyseg.ConfigError)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """ReLU whose backward fails when differentiated again, with the message torch gives for an
+    operation that has no double-backward formula."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            raise RuntimeError("derivative for aten::my_relu_backward is not implemented")
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0)
+
+
+class _FirstOrderNet(torch.nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(_NoDoubleBackward.apply(self.a(x)))
+
+
+class FirstOrderBackbone(Backbone):
+    """A network without second derivatives."""
+
+    name = "firstorder"
+
+    def build(self, in_channels: int, out_channels: int) -> torch.nn.Module:
+        return _FirstOrderNet(in_channels, out_channels)
+
+
+class NotAComponent:
+    @hookimpl
+    def register_reweighters(self) -> list[object]:
+        return [dict]
+
+
+class FirstOrderPlugin:
+    @hookimpl
+    def register_backbones(self) -> list[type[Backbone]]:
+        return [FirstOrderBackbone]
+
+
+@pytest.mark.parametrize(("plugin", "args", "expected"), [
+    (FirstOrderPlugin(), [*TINY_DATA, "--backbone", "firstorder", "--reweighter", "mcpm", "--set",
+                          "reweighter.options.method=higher"],
+     "this backbone cannot be differentiated twice, which the meta reweighters need"),
+    (NotAComponent(), TINY, "is not a subclass of noisyseg.components.Reweighter"),
+])
+def test_broken_plugins_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugin: object,
+                                     args: list[str], expected: str) -> None:
+    monkeypatch.setattr(noisyseg.engine, "build_plugin_manager",
+                        lambda: build_plugin_manager(plugins=[plugin]))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", *args, "--out", str(out)])
+    _check_one_line_error(result, expected, out)
+
+
+def test_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path: Path) -> None:
+    class NaNAtStep5(noisyseg.Reweighter):
+        """Weights turn NaN at step 5."""
+
+        name = "nanat5"
+
+        def weigh(self, ctx: noisyseg.StepContext) -> torch.Tensor:
+            w = torch.ones_like(ctx.loss_map)
+            return w * float("nan") if ctx.step == 5 else w
+
+    class Plugin:
+        @hookimpl
+        def register_reweighters(self) -> list[type[noisyseg.Reweighter]]:
+            return [NaNAtStep5]
+
+    pm = build_plugin_manager(plugins=[Plugin()])
+    config = tiny_run_config(reweighter={"name": "nanat5"}, train={"epochs": 3},
+                             output={"dir": str(tmp_path / "stop")})
+    with pytest.raises(noisyseg.NumericalError,
+                       match=r"loss is nan at step 5 \(epoch 2\); the last good checkpoint is .*stop"):
+        noisyseg.run(config, plugin_manager=pm, progress=False)
+    assert torch.load(tmp_path / "stop" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+    config["output"]["dir"] = str(tmp_path / "skip")
+    config["train"]["on_nonfinite"] = "skip"
+    result = noisyseg.run(config, plugin_manager=pm, progress=False)
+    assert [h["skipped_steps"] for h in result.history] == [0, 1, 0]
+    assert all(h["train_loss"] == h["train_loss"] for h in result.history)  # no NaN
