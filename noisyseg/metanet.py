@@ -40,7 +40,7 @@ class MetaNetOptions(BaseModel):
         "backward pass less, error O(alpha))")
     normalize: bool = Field(
         True, description="scale the weights to mean 1 per batch (without it the net learns to "
-        "raise every weight, most on the corrupted high-loss pixels; see docs/methods.md)")
+        "raise every weight, most on the corrupted high-loss pixels; see docs/methods/index.md)")
     warmup_epochs: int = Field(0, ge=0, description="plain training (weights 1) for these epochs")
     init_bias: float = Field(0.0, description="initial bias of the net's output (sigmoid input)")
 
