@@ -76,6 +76,9 @@ class TrainConfig(_Section):
         description="add the clean meta images to the training set; default: yes unless the "
         "reweighter uses the meta set itself (as in the MCPM paper's baselines)",
     )
+    meta_only: bool = Field(
+        False, description="train on the clean meta images alone (the 'few clean labels' baseline)"
+    )
     meta_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     on_nonfinite: Literal["stop", "skip"] = Field(
@@ -88,7 +91,7 @@ class OutputConfig(_Section):
 
     dir: Path | None = Field(None, description="run directory; default runs/<time>-<names>")
     overwrite: bool = False
-    figure_images: int = Field(4, ge=0, le=16, description="test images shown in the PNG")
+    figure_images: int = Field(4, ge=0, le=16, description="images shown in examples.png (0: no examples.png)")
 
 
 class Config(_Section):

@@ -63,9 +63,21 @@ def corrupt_split(
 
 
 def build_train_set(
-    splits: Splits, noise: NoiseModel, rate: float, seed: int, include_meta: bool
+    splits: Splits, noise: NoiseModel, rate: float, seed: int, include_meta: bool,
+    meta_only: bool = False,
 ) -> NoisyTrainSet:
-    """Corrupt the train split; optionally append the clean meta images (never corrupted)."""
+    """Corrupt the train split; optionally append the clean meta images (never corrupted).
+    ``meta_only``: the clean meta images alone."""
+    if meta_only:
+        if not len(splits.meta):
+            raise DataError("train.meta_only asks to train on the meta split, which is empty")
+        meta = splits.meta
+        return NoisyTrainSet(
+            images=torch.from_numpy(np.ascontiguousarray(meta.images, dtype=np.float32)),
+            noisy=torch.from_numpy(np.ascontiguousarray(meta.masks, dtype=np.int64)),
+            clean=torch.from_numpy(np.ascontiguousarray(meta.masks, dtype=np.int64)),
+            corrupted=torch.zeros(len(meta), dtype=torch.bool),
+        )
     noisy, chosen = corrupt_split(splits.train, noise, rate, seed, splits.num_classes)
     images, clean = splits.train.images, splits.train.masks
     if include_meta and len(splits.meta):

@@ -124,6 +124,8 @@ def predict_all(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
     """Predicted labels (N, H, W) for images (N, C, H, W), in eval mode."""
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[2:]), dtype=np.int64)
     was_training = model.training
     model.eval()
     out = [
@@ -282,7 +284,8 @@ def run(
             f"'{cfg.dataset.name}' has an empty meta split; give the dataset a meta split"
         )
     include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
-    train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta)
+    train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
+                            cfg.train.meta_only)
 
     def build_model() -> nn.Module:
         return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
@@ -527,9 +530,10 @@ class _Loop:
         }
         rundir.write_final(self.run_dir, final)
         figures.save_curves(self.run_dir / rundir.CURVES, self.history)
-        figures.save_examples(
-            self.run_dir / rundir.EXAMPLES, self._example_rows(), self.splits.num_classes
-        )
+        if self.cfg.output.figure_images:
+            figures.save_examples(
+                self.run_dir / rundir.EXAMPLES, self._example_rows(), self.splits.num_classes
+            )
         return final
 
     def _preview_weights(self, index: torch.Tensor) -> np.ndarray | None:

@@ -163,3 +163,8 @@ def test_coteaching_run_is_deterministic_and_logs_kept_precision(tmp_path: Path)
     assert 0 < a.history[-1]["weight_on_clean"] <= 1
     ckpt = torch.load(a.run_dir / "checkpoint.pt", weights_only=False)
     assert set(ckpt["reweighter"]) == {"peer", "peer_optimizer"}
+
+
+def test_meta_only_trains_on_the_clean_meta_images(tmp_path: Path) -> None:
+    r = _run(tmp_path, "m", train={"meta_only": True}, noise={"rate": 1.0})
+    assert r.history[0]["step"] == 8 // 8 and r.history[0]["label_error"] == 0

@@ -1,0 +1,273 @@
+"""The MCPM paper's experiments (Tables 1 and 2) on data that works offline: methods x noise x r x
+seeds x datasets from one config file, with results as CSV, Markdown tables and PNG plots.
+
+    python benchmarks/grid.py --preset cpu               # about an hour on a 2-core CPU
+    python benchmarks/grid.py --preset paper             # the paper's protocol, for a GPU
+    python benchmarks/grid.py --config my-grid.yaml      # your own grid (see benchmarks/grids/)
+    python benchmarks/grid.py --preset cpu --summary     # tables and plots from the stored CSV
+
+A grid that is stopped and started again skips the runs already in results.csv and resumes an
+interrupted run from its checkpoint. A failed run is reported, written to failures.log, and does
+not stop the grid. The summary's last line is
+``mcpm_r04_dice=<x> none_r04_dice=<y> clean_dice=<z>`` (synthetic data, dilation noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+import noisyseg
+from noisyseg.config import merge
+
+HERE = Path(__file__).resolve().parent
+#: method -> (config it adds, whether it depends on the noise and r)
+METHODS: dict[str, tuple[dict[str, Any], bool]] = {
+    "none": ({}, True),
+    "meta_only": ({"train": {"meta_only": True}}, False),
+    "clean": ({}, False),
+    "mwnet": ({"reweighter": {"name": "mwnet"}}, True),
+    "l2rw": ({"reweighter": {"name": "l2rw"}}, True),
+    "mcpm": ({"reweighter": {"name": "mcpm"}}, True),
+    "plc": ({"corrector": {"name": "plc"}}, True),
+    "coteaching": ({"reweighter": {"name": "coteaching"}}, True),
+    "mcpm+plc": ({"reweighter": {"name": "mcpm"}, "corrector": {"name": "plc"}}, True),
+}
+COLUMNS = ["dataset", "noise", "rate", "method", "seed", "dice", "miou", "hd95", "best_dice", "auroc",
+           "label_error_initial", "label_error_final", "seconds", "run_dir"]
+
+
+class GridConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    datasets: dict[str, dict[str, Any]]
+    noises: list[str] = Field(min_length=1)
+    rates: list[float] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    base: dict[str, Any] = Field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def load_grid(path: Path) -> GridConfig:
+    grid = GridConfig.model_validate(yaml.safe_load(path.read_text()))
+    unknown = sorted(set(grid.methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"{path}: unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    if any(not 0 < r <= 1 for r in grid.rates):
+        raise SystemExit(f"{path}: rates must lie in (0, 1]; the r = 0 run is the 'clean' method")
+    return grid
+
+
+def plan(grid: GridConfig) -> list[dict[str, Any]]:
+    """Every run of the grid: r-independent methods once per dataset and seed."""
+    runs = []
+    for dataset in grid.datasets:
+        for seed in grid.seeds:
+            for method in grid.methods:
+                if METHODS[method][1]:
+                    runs += [{"dataset": dataset, "noise": noise, "rate": rate, "method": method,
+                              "seed": seed} for noise in grid.noises for rate in grid.rates]
+                else:
+                    runs.append({"dataset": dataset, "noise": "none", "rate": 0.0, "method": method,
+                                 "seed": seed})
+    return runs
+
+
+def run_id(spec: dict[str, Any]) -> str:
+    return f"{spec['dataset']}-{spec['noise']}-r{spec['rate']:g}-{spec['method']}-s{spec['seed']}"
+
+
+def run_config(grid: GridConfig, spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    config = merge(grid.base, METHODS[spec["method"]][0])
+    config = merge(config, grid.method_options.get(spec["method"], {}))
+    return merge(config, {
+        "seed": spec["seed"],
+        "dataset": grid.datasets[spec["dataset"]],
+        "noise": {"name": spec["noise"], "rate": spec["rate"]},
+        "output": {"dir": str(run_dir), "overwrite": True},
+    })
+
+
+def execute(grid: GridConfig, spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    if (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists():
+        result = noisyseg.run(resume=run_dir, progress=False)
+    else:
+        result = noisyseg.run(run_config(grid, spec, run_dir), progress=False)
+    m, last = result.metrics, result.history[-1]
+    auroc = last.get("weight_auroc")
+    return {
+        **spec, "dice": m["dice"], "miou": m["iou"], "hd95": m["hd95"],
+        "best_dice": max(h["test_dice"] for h in result.history),
+        "auroc": "" if auroc is None or auroc != auroc or spec["method"] in ("none", "plc") else auroc,
+        "label_error_initial": m["train_label_error_initial"],
+        "label_error_final": m["train_label_error_final"],
+        "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir),
+    }
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_grid(grid: GridConfig, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.csv"
+    done = {run_id({**r, "rate": float(r["rate"]), "seed": int(r["seed"])}) for r in read_rows(results)}
+    todo = [s for s in plan(grid) if run_id(s) not in done]
+    print(f"grid '{grid.name}': {len(done)} runs done, {len(todo)} to go -> {out}", flush=True)
+    started, failed = time.perf_counter(), 0
+    for i, spec in enumerate(todo, 1):
+        try:
+            row = execute(grid, spec, out / "runs" / run_id(spec))
+        except Exception as exc:  # one failed run must not stop the grid
+            failed += 1
+            with open(out / "failures.log", "a") as fh:
+                fh.write(f"{run_id(spec)}\n{traceback.format_exc()}\n")
+            print(f"[{i}/{len(todo)}] {run_id(spec)} FAILED: {exc}", file=sys.stderr, flush=True)
+            continue
+        new = not results.exists()
+        with open(results, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / i * (len(todo) - i)
+        print(f"[{i}/{len(todo)}] {run_id(spec)} dice={row['dice']:.4f} ({row['seconds']:.0f} s, "
+              f"eta {eta / 60:.0f} min)", flush=True)
+    print(f"grid done in {(time.perf_counter() - started) / 60:.1f} min, {failed} failed", flush=True)
+
+
+def aggregate(rows: list[dict[str, Any]], metric: str) -> dict[tuple, tuple[float, float, int]]:
+    """(dataset, noise, rate, method) -> (mean, sample sd, n) over seeds."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r[metric] in ("", None):
+            continue
+        key = (r["dataset"], r["noise"], float(r["rate"]), r["method"])
+        groups.setdefault(key, []).append(float(r[metric]))
+    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v))
+            for k, v in groups.items()}
+
+
+def _cell(stats: tuple[float, float, int] | None, digits: int) -> str:
+    if stats is None:
+        return "—"
+    mean, sd, _ = stats
+    return f"{mean:.{digits}f}" + ("" if sd != sd else f" ± {sd:.{digits}f}")
+
+
+def _flat(agg: dict[tuple, Any], dataset: str, noise: str, rate: float, method: str) -> Any:
+    if METHODS[method][1]:
+        return agg.get((dataset, noise, rate, method))
+    return agg.get((dataset, "none", 0.0, method))
+
+
+def markdown(rows: list[dict[str, Any]], grid: GridConfig) -> str:
+    lines = []
+    for metric, title, digits in (("dice", "Dice", 3), ("miou", "mIoU", 3), ("hd95", "HD95 (px)", 2),
+                                  ("auroc", "noise-detection AUROC of 1 - weight", 2)):
+        agg = aggregate(rows, metric)
+        for dataset in grid.datasets:
+            for noise in grid.noises:
+                methods = [m for m in grid.methods if metric != "auroc" or
+                           any(k[3] == m and k[0] == dataset for k in agg)]
+                if not methods:
+                    continue
+                lines += [f"**{title} — {dataset}, {noise}** (mean ± sd over seeds; clean and "
+                          "meta_only do not depend on r)", "",
+                          "| method | " + " | ".join(f"r = {r:g}" for r in grid.rates) + " |",
+                          "|---|" + "---|" * len(grid.rates)]
+                for m in methods:
+                    cells = [_cell(_flat(agg, dataset, noise, r, m), digits) for r in grid.rates]
+                    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], grid: GridConfig, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows, "dice")
+    paths = []
+    for dataset in grid.datasets:
+        fig, axes = plt.subplots(1, len(grid.noises), figsize=(5.5 * len(grid.noises), 4.2), squeeze=False)
+        for ax, noise in zip(axes[0], grid.noises, strict=True):
+            for m in grid.methods:
+                points = [(r, _flat(agg, dataset, noise, r, m)) for r in grid.rates]
+                points = [(r, s) for r, s in points if s is not None]
+                if not points:
+                    continue
+                xs, means = [p[0] for p in points], [p[1][0] for p in points]
+                sds = [0.0 if p[1][1] != p[1][1] else p[1][1] for p in points]
+                style = "--" if not METHODS[m][1] else "-"
+                ax.errorbar(xs, means, yerr=sds, ls=style, marker="o", ms=3, capsize=2, label=m)
+            ax.set_title(f"{dataset}, {noise} noise")
+            ax.set_xlabel("r (fraction of training masks corrupted)")
+            ax.set_ylabel("test Dice")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=8, loc="lower left")
+        fig.suptitle(f"Dice vs r per method — grid '{grid.name}' (dashed: independent of r)")
+        fig.tight_layout()
+        path = out / f"dice_vs_r_{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def summary(grid: GridConfig, out: Path) -> None:
+    rows = read_rows(out / "results.csv")
+    if not rows:
+        raise SystemExit(f"no results in {out / 'results.csv'}; run the grid first")
+    table = markdown(rows, grid)
+    (out / "summary.md").write_text(table + "\n")
+    plots = plot(rows, grid, out)
+    seconds = sum(float(r["seconds"]) for r in rows)
+    print(table)
+    print(f"{len(rows)} of {len(plan(grid))} runs, {seconds / 60:.1f} min of training; "
+          f"wrote {out / 'summary.md'} and {', '.join(str(p) for p in plots)}")
+    agg = aggregate(rows, "dice")
+    pick = lambda m, r: agg.get(("synthetic", "dilation", r, m), (math.nan,))[0]  # noqa: E731
+    clean = agg.get(("synthetic", "none", 0.0, "clean"), (math.nan,))[0]
+    print(f"mcpm_r04_dice={pick('mcpm', 0.4):.4f} none_r04_dice={pick('none', 0.4):.4f} "
+          f"clean_dice={clean:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=sorted(p.stem for p in (HERE / "grids").glob("*.yaml")),
+                       default="cpu")
+    which.add_argument("--config", type=Path, help="a grid file like benchmarks/grids/cpu.yaml")
+    parser.add_argument("--out", type=Path, help="default: runs/grid-<name>")
+    parser.add_argument("--summary", action="store_true", help="only tables and plots from the CSV")
+    args = parser.parse_args()
+    grid = load_grid(args.config or HERE / "grids" / f"{args.preset}.yaml")
+    out = args.out or Path("runs") / f"grid-{grid.name}"
+    if not args.summary:
+        run_grid(grid, out)
+    summary(grid, out)
+
+
+if __name__ == "__main__":
+    main()

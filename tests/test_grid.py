@@ -1,0 +1,67 @@
+"""The benchmark grid: planning, skipping finished runs on restart, tables, plots, last line."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("grid", ROOT / "benchmarks" / "grid.py")
+grid_module = importlib.util.module_from_spec(spec)
+sys.modules["grid"] = grid_module  # pydantic resolves the module's annotations through it
+spec.loader.exec_module(grid_module)
+
+TINY = {
+    "name": "tiny",
+    "datasets": {"synthetic": {"name": "synthetic", "options": {"size": 32, "n_train": 16, "n_meta": 8,
+                                                                "n_test": 8}}},
+    "noises": ["dilation"],
+    "rates": [0.4],
+    "seeds": [0, 1],
+    "methods": ["none", "clean", "meta_only"],
+    "base": {"backbone": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+             "train": {"epochs": 1, "batch_size": 8}, "output": {"figure_images": 0}},
+}
+
+
+def test_presets_are_valid_and_plan_the_whole_grid() -> None:
+    cpu = grid_module.load_grid(ROOT / "benchmarks" / "grids" / "cpu.yaml")
+    runs = grid_module.plan(cpu)
+    # 7 methods depend on noise and r (2 x 4), 2 do not; 2 datasets, 2 seeds
+    assert len(runs) == 2 * 2 * (7 * 2 * 4 + 2)
+    assert len({grid_module.run_id(r) for r in runs}) == len(runs)
+    paper = grid_module.load_grid(ROOT / "benchmarks" / "grids" / "paper.yaml")
+    config = grid_module.run_config(paper, grid_module.plan(paper)[0], Path("x"))
+    assert config["train"]["epochs"] == 120 and config["train"]["batch_size"] == 128
+    assert config["dataset"]["options"]["n_train"] == 1906
+
+
+def test_tiny_grid_runs_skips_finished_runs_and_summarises(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    grid = grid_module.load_grid(path)
+    out = tmp_path / "out"
+    grid_module.run_grid(grid, out)
+    rows = grid_module.read_rows(out / "results.csv")
+    assert len(rows) == 2 * 3
+    grid_module.run_grid(grid, out)  # a restart finds nothing left to do
+    assert "6 runs done, 0 to go" in capsys.readouterr().out
+    assert len(grid_module.read_rows(out / "results.csv")) == 6
+
+    grid_module.summary(grid, out)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("mcpm_r04_dice=nan none_r04_dice=0.") and "clean_dice=0." in printed[-1]
+    assert "| none | 0." in (out / "summary.md").read_text()
+    assert (out / "dice_vs_r_synthetic.png").stat().st_size > 10_000
+
+
+def test_unknown_method_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "methods": ["mcmp"]}))
+    with pytest.raises(SystemExit, match="unknown method"):
+        grid_module.load_grid(path)
