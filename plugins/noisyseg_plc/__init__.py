@@ -76,7 +76,9 @@ class PLCCorrector(LabelCorrector):
     def _allocate(self, name: str, shape: torch.Size, dtype: type) -> torch.Tensor:
         if self.options.store == "memory":
             return torch.from_numpy(np.zeros(tuple(shape), dtype=dtype))
-        folder = Path(self.options.store_dir or tempfile.mkdtemp(prefix="noisyseg-plc-"))
+        if self.options.store_dir is None and not hasattr(self, "_tmp"):
+            self._tmp = tempfile.TemporaryDirectory(prefix="noisyseg-plc-")  # removed with the object
+        folder = Path(self.options.store_dir or self._tmp.name)
         folder.mkdir(parents=True, exist_ok=True)
         array = np.memmap(folder / f"{name}.dat", dtype=dtype, mode="w+", shape=tuple(shape))
         return torch.from_numpy(array)
