@@ -59,6 +59,8 @@ def cli() -> None:
     corrector by name; `noisyseg plugins` lists what is installed.
     """
     warnings.formatwarning = _format_warning
+    # raised inside a dependency (timm) on import; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 @cli.command()
