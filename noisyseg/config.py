@@ -91,7 +91,7 @@ class OutputConfig(_Section):
 
     dir: Path | None = Field(None, description="run directory; default runs/<time>-<names>")
     overwrite: bool = False
-    figure_images: int = Field(4, ge=0, le=16, description="images shown in examples.png (0: no examples.png)")
+    figure_images: int = Field(4, ge=0, le=16, description="images in examples.png (0: none)")
 
 
 class Config(_Section):
