@@ -26,8 +26,9 @@ import time
 import torch
 
 from noisyseg import Registry, build_plugin_manager
-from noisyseg.engine import resolve_device, train_step
+from noisyseg.engine import resolve_device
 from noisyseg.losses import per_pixel_loss
+from noisyseg.step import train_step
 from noisyseg.testing import cpu_run_context
 
 # name -> (reweighter, options)

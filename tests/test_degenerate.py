@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from noisyseg import Registry, build_plugin_manager
-from noisyseg.engine import train_step
 from noisyseg.metrics import evaluate
+from noisyseg.step import train_step
 from noisyseg.testing import cpu_run_context
 
 _REGISTRY = Registry(build_plugin_manager())

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import noisyseg.engine
+import noisyseg.loop
 from noisyseg import CheckpointError, ConfigError, run
 from noisyseg.cli import cli
 from noisyseg.testing import tiny_run_config
@@ -44,7 +44,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, method: st
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     whole = run(_config(tmp_path, "whole", method), progress=False)
 
-    original, calls = noisyseg.engine.train_step, []
+    original, calls = noisyseg.loop.train_step, []
 
     def dies_in_epoch_two(*args: object, **kwargs: object) -> object:
         calls.append(1)
@@ -52,10 +52,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, method: st
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(noisyseg.engine, "train_step", dies_in_epoch_two)
+    monkeypatch.setattr(noisyseg.loop, "train_step", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run(_config(tmp_path, "cut", method), progress=False)
-    monkeypatch.setattr(noisyseg.engine, "train_step", original)
+    monkeypatch.setattr(noisyseg.loop, "train_step", original)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert not (tmp_path / "cut" / "metrics.json").exists()
 

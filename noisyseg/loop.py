@@ -1,0 +1,317 @@
+"""The one training loop, step by step: batches, the reweighted step, the corrector, the end of
+each epoch (evaluation, metrics.jsonl, checkpoint) and resuming from a checkpoint. It names no
+method: the components come in through :class:`noisyseg.engine.Components`.
+
+    for each step:
+        x, y   = batch, labels from the corrector     (possibly corrected labels)
+        L      = per-pixel loss of model(x) vs y      (N, H, W)
+        w      = reweighter.weigh(step context)       (N, H, W), detached
+        loss   = mean(w * L); backward; optimiser step
+        corrector.observe(index, probabilities)       (if it wants them)
+    end of epoch: corrector.end_epoch, lr decay, test evaluation, metrics.jsonl, checkpoint
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pluggy
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from noisyseg import figures, rundir
+from noisyseg.components import Splits
+from noisyseg.config import Config
+from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
+from noisyseg.errors import CheckpointError, NumericalError
+from noisyseg.losses import class_probs
+from noisyseg.metrics import detection_auroc, evaluate
+from noisyseg.step import predict_all, step_context, train_step
+
+if TYPE_CHECKING:
+    from noisyseg.engine import Components
+
+#: at most this many training pixels per epoch are kept to score the weights (AUROC)
+_WEIGHT_SAMPLE = 1_000_000
+
+
+class WeightStats:
+    """Accumulates weights on corrupted and clean training pixels during one epoch."""
+
+    def __init__(self, seed: int) -> None:
+        self.weights: list[np.ndarray] = []
+        self.wrong: list[np.ndarray] = []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, weights: torch.Tensor, wrong: torch.Tensor, budget: int) -> None:
+        w = weights.detach().float().cpu().numpy().ravel()
+        c = wrong.cpu().numpy().ravel()
+        if w.size > budget:
+            keep = self.rng.choice(w.size, size=budget, replace=False)
+            w, c = w[keep], c[keep]
+        self.weights.append(w)
+        self.wrong.append(c)
+
+    def summary(self) -> dict[str, float]:
+        if not self.weights:
+            return {}
+        w, c = np.concatenate(self.weights), np.concatenate(self.wrong)
+        nan = float("nan")
+        return {
+            "weight_mean_corrupted": float(w[c].mean()) if c.any() else nan,
+            "weight_mean_clean": float(w[~c].mean()) if (~c).any() else nan,
+            "weight_auroc": detection_auroc(1.0 - w, c),
+            # share of the weight on truly clean pixels: for a 0/1 selection (co-teaching) the
+            # precision of the kept pixels
+            "weight_on_clean": float(w[~c].sum() / w.sum()) if w.sum() > 0 else nan,
+        }
+
+
+
+class Loop:
+    """State of one training run, split into steps so each part reads top to bottom."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        parts: Components,
+        pm: pluggy.PluginManager,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        train: NoisyTrainSet,
+        splits: Splits,
+        meta: Cycler | None,
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        self.cfg, self.parts, self.pm = cfg, parts, pm
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_set, self.splits, self.meta = train, splits, meta
+        self.device, self.run_dir = device, run_dir
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.step = 0
+        self.start_epoch = 0
+        self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
+
+    def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
+        labels = self.parts.corrector.labels(index)
+        meta = next(self.meta) if self.meta is not None else None
+        try:
+            out = train_step(
+                self.model, self.optimizer, self.parts.reweighter,
+                self.train_set.images[index], labels, meta, self.step, epoch, self.device,
+                self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
+            )
+        except NumericalError as exc:
+            last = self.run_dir / rundir.CHECKPOINT
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+            raise NumericalError(
+                f"{exc}; {kept}. Try a lower train.lr, set train.grad_clip, or "
+                "train.on_nonfinite=skip to drop such batches"
+            ) from None
+        self.step += 1
+        if out.skipped:
+            self.skipped += 1
+            return out.loss
+        if self.parts.corrector.observes_predictions:
+            self.parts.corrector.observe(index, class_probs(out.logits).cpu())
+        wrong = labels != self.train_set.clean[index]
+        stats.add(out.weights, wrong, _WEIGHT_SAMPLE // self.steps_per_epoch)
+        return out.loss
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.train_set), self.cfg.train.batch_size)
+
+    def train(self, progress: bool) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        total = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not progress, unit="step",
+                   dynamic_ncols=True)
+        try:
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
+                    break
+                bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
+                start, losses = time.perf_counter(), []
+                stats = WeightStats(cfg.seed + epoch)
+                labels_before = self.parts.corrector.store.clone()
+                self.model.train()
+                for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
+                    losses.append(self._step(index, epoch, stats))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
+                        break
+                seconds = time.perf_counter() - start
+                record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
+        finally:
+            bar.close()
+        return self.history
+
+    def _end_epoch(
+        self, epoch: int, losses: list[float], stats: WeightStats, labels_before: torch.Tensor,
+        seconds: float,
+    ) -> dict[str, Any]:
+        corrector_metrics = self.parts.corrector.end_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        test = self._evaluate(distances=False)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": lr,
+            "train_loss": float(np.nanmean(losses)) if not np.isnan(losses).all() else math.nan,
+            **self._label_changes(labels_before),
+            **stats.summary(),
+            **corrector_metrics,
+            **{f"test_{k}": v for k, v in test.items()},
+            "seconds": round(seconds, 3),
+        }
+        if self.cfg.train.on_nonfinite == "skip":
+            record["skipped_steps"], self.skipped = self.skipped, 0
+        self.history.append(record)
+        rundir.append_history(self.run_dir, record)
+        rundir.save_checkpoint(self.run_dir, self._state(epoch))
+        self.pm.hook.on_epoch_end(epoch=epoch + 1, metrics=dict(record), run_dir=str(self.run_dir))
+        return record
+
+    def _label_changes(self, before: torch.Tensor) -> dict[str, float]:
+        """Training-label error against the clean masks, and what the corrector changed this epoch:
+        how many pixels and the fraction of them that now hold the clean label (precision)."""
+        store, clean = self.parts.corrector.store, self.train_set.clean
+        changed = store != before
+        n = int(changed.sum())
+        return {
+            "label_error": float((store != clean).float().mean()),
+            "labels_changed": float(n),
+            "label_change_precision": float((store[changed] == clean[changed]).float().mean())
+            if n else math.nan,
+        }
+
+    def _evaluate(self, distances: bool) -> dict[str, float]:
+        preds = predict_all(self.model, torch.from_numpy(self.splits.test.images), self.device)
+        return evaluate(preds, self.splits.test.masks, self.splits.num_classes, distances)
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "reweighter": self.parts.reweighter.state_dict(),
+            "corrector": self.parts.corrector.state_dict(),
+            "generator": self.generator.get_state(),
+            "meta": self.meta.state_dict() if self.meta is not None else None,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "history": self.history,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`_state`: every state and RNG as it was
+        at the end of that epoch, and metrics.jsonl cut back to the epochs it holds."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.parts.reweighter.load_state_dict(state["reweighter"])
+            self.parts.corrector.load_state_dict(state["corrector"])
+            if self.meta is not None:
+                self.meta.load_state_dict(state["meta"])
+            self.generator.set_state(state["generator"])
+            rng = state["rng"]
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"cannot resume from {self.run_dir / rundir.CHECKPOINT}: it does not fit this run "
+                f"({message})"
+            ) from None
+        self.history = list(state["history"])
+        self.step = int(state["step"])
+        self.start_epoch = int(state["epoch"])
+        rundir.write_history(self.run_dir, self.history)
+
+    def finish(self) -> dict[str, float]:
+        """Final test metrics (Hausdorff included), metrics.json and the pictures."""
+        final = self._evaluate(distances=True)
+        ts = self.train_set
+        final = {
+            **final,
+            "train_label_error_initial": float((ts.noisy != ts.clean).float().mean()),
+            "train_label_error_final": float((self.parts.corrector.store != ts.clean).float().mean()),
+            "epochs": len(self.history),
+            "steps": self.step,
+            "seconds": round(sum(h["seconds"] for h in self.history), 3),
+        }
+        rundir.write_final(self.run_dir, final)
+        figures.save_curves(self.run_dir / rundir.CURVES, self.history)
+        if self.cfg.output.figure_images:
+            figures.save_examples(
+                self.run_dir / rundir.EXAMPLES, self._example_rows(), self.splits.num_classes
+            )
+        return final
+
+    def _preview_weights(self, index: torch.Tensor) -> np.ndarray | None:
+        """The reweighter's current weight maps of some training images (model in eval mode,
+        so no BatchNorm statistic changes), or None."""
+        if not len(index):
+            return None
+        meta = next(self.meta) if self.meta is not None else None
+        self.model.eval()
+        try:
+            ctx = step_context(
+                self.model, self.optimizer, self.train_set.images[index],
+                self.parts.corrector.labels(index), meta, self.step, len(self.history), self.device,
+            )
+            weights = self.parts.reweighter.preview(ctx)
+        finally:
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+        return None if weights is None else weights.detach().cpu().numpy()
+
+    def _example_rows(self) -> list[dict[str, Any]]:
+        n = self.cfg.output.figure_images
+        ts = self.train_set
+        corrupted = torch.nonzero(ts.corrupted).flatten()[: (n + 1) // 2]
+        train_idx = corrupted if len(corrupted) else torch.arange(min(len(ts), (n + 1) // 2))
+        test_idx = np.arange(min(len(self.splits.test), n - len(train_idx)))
+        rows = []
+        train_pred = predict_all(self.model, ts.images[train_idx], self.device)
+        weights = self._preview_weights(train_idx)
+        for k, i in enumerate(train_idx.tolist()):
+            rows.append({
+                "title": f"train #{i}" + (" (corrupted)" if bool(ts.corrupted[i]) else ""),
+                "image": ts.images[i].numpy(), "clean": ts.clean[i].numpy(),
+                "noisy": ts.noisy[i].numpy(), "pred": train_pred[k],
+                "weight": None if weights is None else weights[k],
+            })
+        test_pred = predict_all(self.model, torch.from_numpy(self.splits.test.images[test_idx]), self.device)
+        for k, i in enumerate(test_idx.tolist()):
+            rows.append({
+                "title": f"test #{i}", "image": self.splits.test.images[i],
+                "clean": self.splits.test.masks[i], "pred": test_pred[k],
+            })
+        return rows

@@ -1,0 +1,104 @@
+"""One optimiser step on the reweighted per-pixel loss, and prediction: the pieces the training
+loop (:mod:`noisyseg.loop`) and the benchmarks share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from noisyseg.components import Reweighter, StepContext
+from noisyseg.errors import NoisysegError, NumericalError
+from noisyseg.losses import per_pixel_loss, predict
+
+
+@torch.no_grad()
+def predict_all(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Predicted labels (N, H, W) for images (N, C, H, W), in eval mode."""
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[2:]), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    out = [
+        predict(model(images[i : i + batch_size].to(device))).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    weights: torch.Tensor = field(repr=False)
+    logits: torch.Tensor = field(repr=False)
+    skipped: bool = False
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    reweighter: Reweighter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    meta: tuple[torch.Tensor, torch.Tensor] | None,
+    step: int,
+    epoch: int,
+    device: torch.device,
+    grad_clip: float | None = None,
+    on_nonfinite: str = "stop",
+) -> StepOutput:
+    """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
+
+    A NaN or infinite loss raises :class:`NumericalError`, or with ``on_nonfinite="skip"`` the
+    step is not taken and the output's ``skipped`` is True.
+
+    Shape:
+        images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
+        returns weights (N, H, W) and detached logits (N, K, H, W)
+    """
+    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device)
+    loss_map = ctx.loss_map
+    weights = reweighter.weigh(ctx).detach()
+    if weights.shape != loss_map.shape:
+        raise NoisysegError(
+            f"reweighter '{reweighter.name}' returned weights of shape {tuple(weights.shape)}, "
+            f"expected {tuple(loss_map.shape)}"
+        )
+    loss = (weights * loss_map).mean()
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        if on_nonfinite == "skip":
+            return StepOutput(loss=math.nan, weights=weights, logits=ctx.logits.detach(), skipped=True)
+        raise NumericalError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1})")
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return StepOutput(loss=float(loss.item()), weights=weights, logits=ctx.logits.detach())
+
+
+def step_context(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    meta: tuple[torch.Tensor, torch.Tensor] | None,
+    step: int,
+    epoch: int,
+    device: torch.device,
+) -> StepContext:
+    """Forward ``images`` (moved to ``device`` with labels and meta batch) and wrap the result."""
+    x, y = images.to(device), labels.to(device)
+    logits = model(x)
+    meta_x, meta_y = (None, None) if meta is None else (t.to(device) for t in meta)
+    return StepContext(
+        model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
+        loss_map=per_pixel_loss(logits, y), step=step, epoch=epoch,
+        meta_images=meta_x, meta_labels=meta_y,
+    )
