@@ -5,6 +5,7 @@ seeds x datasets from one config file, with results as CSV, Markdown tables and 
     python benchmarks/grid.py --preset paper             # the paper's protocol, for a GPU
     python benchmarks/grid.py --config my-grid.yaml      # your own grid (see benchmarks/grids/)
     python benchmarks/grid.py --preset cpu --summary     # tables and plots from the stored CSV
+    python benchmarks/grid.py --preset cpu --redo mcpm   # run one method again (new options)
 
 A grid that is stopped and started again skips the runs already in results.csv and resumes an
 interrupted run from its checkpoint. A failed run is reported, written to failures.log, and does
@@ -123,6 +124,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def forget(out: Path, methods: list[str]) -> int:
+    """Drop the stored results of ``methods`` (to run them again after changing their options)."""
+    results = out / "results.csv"
+    rows = read_rows(results)
+    keep = [r for r in rows if r["method"] not in methods]
+    with open(results.with_suffix(".tmp"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS)
+        writer.writeheader()
+        writer.writerows(keep)
+    results.with_suffix(".tmp").replace(results)
+    return len(rows) - len(keep)
 
 
 def run_grid(grid: GridConfig, out: Path) -> None:
@@ -261,9 +275,13 @@ def main() -> None:
     which.add_argument("--config", type=Path, help="a grid file like benchmarks/grids/cpu.yaml")
     parser.add_argument("--out", type=Path, help="default: runs/grid-<name>")
     parser.add_argument("--summary", action="store_true", help="only tables and plots from the CSV")
+    parser.add_argument("--redo", nargs="+", default=[], choices=list(METHODS), metavar="METHOD",
+                        help="run these methods again (drops their stored results first)")
     args = parser.parse_args()
     grid = load_grid(args.config or HERE / "grids" / f"{args.preset}.yaml")
     out = args.out or Path("runs") / f"grid-{grid.name}"
+    if args.redo and (out / "results.csv").exists():
+        print(f"dropped {forget(out, args.redo)} stored result(s) of {', '.join(args.redo)}")
     if not args.summary:
         run_grid(grid, out)
     summary(grid, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import sys
 from pathlib import Path
@@ -65,3 +66,16 @@ def test_unknown_method_is_refused(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({**TINY, "methods": ["mcmp"]}))
     with pytest.raises(SystemExit, match="unknown method"):
         grid_module.load_grid(path)
+
+
+def test_forget_drops_one_method_so_it_runs_again(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = [{**{c: "" for c in grid_module.COLUMNS}, "method": m, "seed": s}
+            for m in ("none", "clean") for s in (0, 1)]
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, grid_module.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    assert grid_module.forget(out, ["clean"]) == 2
+    assert [r["method"] for r in grid_module.read_rows(out / "results.csv")] == ["none", "none"]
