@@ -250,9 +250,16 @@ def plot(rows: list[dict[str, Any]], grid: GridConfig, out: Path) -> list[Path]:
 
 
 def summary(grid: GridConfig, out: Path) -> None:
-    rows = read_rows(out / "results.csv")
+    """Tables and plots from ``out/results.csv``, or from the results committed with the
+    repository (benchmarks/results/grid-<name>.csv) when this machine has not run the grid."""
+    source = out / "results.csv"
+    if not source.exists() and (HERE / "results" / f"grid-{grid.name}.csv").exists():
+        source = HERE / "results" / f"grid-{grid.name}.csv"
+    rows = read_rows(source)
     if not rows:
         raise SystemExit(f"no results in {out / 'results.csv'}; run the grid first")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"results from {source}")
     table = markdown(rows, grid)
     (out / "summary.md").write_text(table + "\n")
     plots = plot(rows, grid, out)
