@@ -6,6 +6,8 @@ seeds x datasets from one config file, with results as CSV, Markdown tables and 
     python benchmarks/grid.py --config my-grid.yaml      # your own grid (see benchmarks/grids/)
     python benchmarks/grid.py --preset cpu --summary     # tables and plots from the stored CSV
     python benchmarks/grid.py --preset cpu --redo mcpm   # run one method again (new options)
+    python benchmarks/grid.py --executor local --workers 4     # 4 runs at a time on this machine
+    python benchmarks/grid.py --executor ray --ray-address auto  # one Ray task per run
 
 A grid that is stopped and started again skips the runs already in results.csv and resumes an
 interrupted run from its checkpoint. A failed run is reported, written to failures.log, and does
@@ -16,8 +18,11 @@ not stop the grid. The summary's last line is
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import math
+import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -139,33 +144,127 @@ def forget(out: Path, methods: list[str]) -> int:
     return len(rows) - len(keep)
 
 
-def run_grid(grid: GridConfig, out: Path) -> None:
+def _init_worker(threads: int) -> None:
+    """A worker process shares the CPU cores fairly with the others."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _execute_in_worker(grid_data: dict[str, Any], spec: dict[str, Any], run_dir: str,
+                       threads: int) -> dict[str, Any]:
+    _init_worker(threads)
+    return execute(GridConfig.model_validate(grid_data), spec, Path(run_dir))
+
+
+class _Executor:
+    """Runs grid runs somewhere and hands back concurrent.futures.Future objects.
+
+    local, 1 worker: one thread of this process (runs one after the other, as before);
+    local, n workers: a pool of n processes, each with cores / n torch threads;
+    ray: one Ray task per run (num_cpus = threads, num_gpus = 1 when CUDA is there), on a local
+    Ray instance or on the cluster at ``ray_address``.
+    """
+
+    def __init__(self, kind: str, workers: int, ray_address: str | None) -> None:
+        cores = os.cpu_count() or 1
+        self.threads = max(1, cores // workers)
+        self.kind = kind
+        if kind == "ray":
+            try:
+                import ray
+            except ImportError:
+                raise SystemExit("the ray executor needs Ray: pip install 'noisyseg[ray]'") from None
+            ray.init(address=ray_address, num_cpus=None if ray_address else cores,
+                     include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+            if __name__ != "__main__":  # imported (tests): ship this module's code to the workers
+                ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            gpus = 1 if _cuda_available() else 0
+            self.remote = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_retries=0)(
+                _execute_in_worker)
+        elif workers > 1:
+            if str(HERE) not in sys.path:  # spawned workers import this module by name from here
+                sys.path.append(str(HERE))
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(self.threads,))
+        else:
+            self.pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def submit(self, grid: GridConfig, spec: dict[str, Any], run_dir: Path) -> concurrent.futures.Future:
+        if self.kind == "ray":
+            return self.remote.remote(grid.model_dump(), spec, str(run_dir), self.threads).future()
+        if isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
+            return self.pool.submit(execute, grid, spec, run_dir)
+        return self.pool.submit(_execute_in_worker, grid.model_dump(), spec, str(run_dir), self.threads)
+
+    def close(self) -> None:
+        if self.kind == "ray":
+            import ray
+
+            ray.shutdown()
+        else:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_grid(grid: GridConfig, out: Path, executor: str = "local", workers: int = 1,
+             ray_address: str | None = None) -> tuple[int, int]:
+    """Run what is missing from ``out/results.csv``; a failed run is retried once, then logged
+    to failures.log, and never stops the grid. Returns (runs finished, runs failed)."""
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.csv"
     done = {run_id({**r, "rate": float(r["rate"]), "seed": int(r["seed"])}) for r in read_rows(results)}
     todo = [s for s in plan(grid) if run_id(s) not in done]
-    print(f"grid '{grid.name}': {len(done)} runs done, {len(todo)} to go -> {out}", flush=True)
-    started, failed = time.perf_counter(), 0
-    for i, spec in enumerate(todo, 1):
-        try:
-            row = execute(grid, spec, out / "runs" / run_id(spec))
-        except Exception as exc:  # one failed run must not stop the grid
-            failed += 1
-            with open(out / "failures.log", "a") as fh:
-                fh.write(f"{run_id(spec)}\n{traceback.format_exc()}\n")
-            print(f"[{i}/{len(todo)}] {run_id(spec)} FAILED: {exc}", file=sys.stderr, flush=True)
-            continue
-        new = not results.exists()
-        with open(results, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        elapsed = time.perf_counter() - started
-        eta = elapsed / i * (len(todo) - i)
-        print(f"[{i}/{len(todo)}] {run_id(spec)} dice={row['dice']:.4f} ({row['seconds']:.0f} s, "
-              f"eta {eta / 60:.0f} min)", flush=True)
+    print(f"grid '{grid.name}': {len(done)} runs done, {len(todo)} to go -> {out} "
+          f"({executor}, {workers} worker(s))", flush=True)
+    started, finished, failed = time.perf_counter(), 0, 0
+    runner = _Executor(executor, workers, ray_address)
+    tries: dict[str, int] = {}
+    try:
+        pending = {runner.submit(grid, s, out / "runs" / run_id(s)): s for s in todo}
+        while pending:
+            complete, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in complete:
+                spec = pending.pop(future)
+                name = run_id(spec)
+                try:
+                    row = future.result()
+                except Exception as exc:  # one failed run must not stop the grid
+                    tries[name] = tries.get(name, 0) + 1
+                    if tries[name] < 2:
+                        print(f"{name} failed ({exc}); retrying once", file=sys.stderr, flush=True)
+                        pending[runner.submit(grid, spec, out / "runs" / name)] = spec
+                        continue
+                    failed += 1
+                    with open(out / "failures.log", "a") as fh:
+                        fh.write(f"{name}\n{''.join(traceback.format_exception(exc))}\n")
+                    print(f"{name} FAILED twice: {exc}", file=sys.stderr, flush=True)
+                    continue
+                _append(results, row)
+                finished += 1
+                elapsed = time.perf_counter() - started
+                eta = elapsed / (finished + failed) * (len(todo) - finished - failed)
+                print(f"[{finished + failed}/{len(todo)}] {name} dice={row['dice']:.4f} "
+                      f"({row['seconds']:.0f} s, eta {eta / 60:.0f} min)", flush=True)
+    finally:
+        runner.close()
     print(f"grid done in {(time.perf_counter() - started) / 60:.1f} min, {failed} failed", flush=True)
+    return finished, failed
+
+
+def _append(results: Path, row: dict[str, Any]) -> None:
+    new = not results.exists()
+    with open(results, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def aggregate(rows: list[dict[str, Any]], metric: str) -> dict[tuple, tuple[float, float, int]]:
@@ -284,13 +383,18 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="only tables and plots from the CSV")
     parser.add_argument("--redo", nargs="+", default=[], choices=list(METHODS), metavar="METHOD",
                         help="run these methods again (drops their stored results first)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: this machine; ray: one Ray task per run")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs at a time (local: processes; ray: sizes each task's CPU share)")
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     args = parser.parse_args()
     grid = load_grid(args.config or HERE / "grids" / f"{args.preset}.yaml")
     out = args.out or Path("runs") / f"grid-{grid.name}"
     if args.redo and (out / "results.csv").exists():
         print(f"dropped {forget(out, args.redo)} stored result(s) of {', '.join(args.redo)}")
     if not args.summary:
-        run_grid(grid, out)
+        run_grid(grid, out, args.executor, args.workers, args.ray_address)
     summary(grid, out)
 
 

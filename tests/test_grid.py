@@ -79,3 +79,20 @@ def test_forget_drops_one_method_so_it_runs_again(tmp_path: Path) -> None:
         writer.writerows(rows)
     assert grid_module.forget(out, ["clean"]) == 2
     assert [r["method"] for r in grid_module.read_rows(out / "results.csv")] == ["none", "none"]
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_parallel_executors_fill_the_same_csv_and_retry_failures(tmp_path: Path, executor: str) -> None:
+    if executor == "ray":
+        pytest.importorskip("ray", reason="the ray extra is not installed")
+    data = {**TINY, "seeds": [0], "methods": ["none", "clean"],
+            "method_options": {"clean": {"train": {"epochs": 0}}}}  # every clean run fails
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / executor
+    finished, failed = grid_module.run_grid(grid_module.load_grid(path), out, executor, workers=2)
+    assert (finished, failed) == (1, 1)
+    rows = grid_module.read_rows(out / "results.csv")
+    assert [r["method"] for r in rows] == ["none"] and 0 <= float(rows[0]["dice"]) <= 1
+    log = (out / "failures.log").read_text()
+    assert log.count("synthetic-none-r0-clean-s0") == 1 and "train.epochs" in log
