@@ -33,6 +33,14 @@ class NoisyTrainSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def label_error(self, labels: torch.Tensor | None = None) -> float:
+        """Fraction of training pixels whose label (default: the noisy one) is not the clean one.
+
+        Shape:
+            labels - (N, H, W) or None
+        """
+        return float(((self.noisy if labels is None else labels) != self.clean).float().mean())
+
 
 def choose_corrupted(n: int, rate: float, seed: int) -> np.ndarray:
     """Boolean mask (n,) with exactly round(rate * n) True entries chosen by ``seed``."""

@@ -161,7 +161,7 @@ def run(
         epochs=cfg.train.epochs,
         steps_per_epoch=steps_per_epoch(len(train), cfg.train.batch_size),
         seed=cfg.seed,
-        pixel_noise_rate=float((train.noisy != train.clean).float().mean()),
+        pixel_noise_rate=train.label_error(),
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)

@@ -73,7 +73,6 @@ class WeightStats:
         }
 
 
-
 class Loop:
     """State of one training run, split into steps so each part reads top to bottom."""
 
@@ -194,7 +193,7 @@ class Loop:
         changed = store != before
         n = int(changed.sum())
         return {
-            "label_error": float((store != clean).float().mean()),
+            "label_error": self.train_set.label_error(store),
             "labels_changed": float(n),
             "label_change_precision": float((store[changed] == clean[changed]).float().mean())
             if n else math.nan,
@@ -257,11 +256,10 @@ class Loop:
     def finish(self) -> dict[str, float]:
         """Final test metrics (Hausdorff included), metrics.json and the pictures."""
         final = self._evaluate(distances=True)
-        ts = self.train_set
         final = {
             **final,
-            "train_label_error_initial": float((ts.noisy != ts.clean).float().mean()),
-            "train_label_error_final": float((self.parts.corrector.store != ts.clean).float().mean()),
+            "train_label_error_initial": self.train_set.label_error(),
+            "train_label_error_final": self.train_set.label_error(self.parts.corrector.store),
             "epochs": len(self.history),
             "steps": self.step,
             "seconds": round(sum(h["seconds"] for h in self.history), 3),
