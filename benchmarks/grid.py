@@ -174,7 +174,9 @@ class _Executor:
             try:
                 import ray
             except ImportError:
-                raise SystemExit("the ray executor needs Ray: pip install 'noisyseg[ray]'") from None
+                raise SystemExit(
+                    "the ray executor needs Ray: pip install -e '.[ray]' (in the noisyseg checkout)"
+                ) from None
             ray.init(address=ray_address, num_cpus=None if ray_address else cores,
                      include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
             if __name__ != "__main__":  # imported (tests): ship this module's code to the workers
