@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +42,17 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         except NoisysegError as exc:
             if debug:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            if _is_main_process():
+                click.echo(f"Error: {exc}", err=True)
+            else:  # under torchrun every process fails alike: rank 0 says it, the others let
+                time.sleep(1)  # it finish before torchrun stops everything on their exit
             sys.exit(exc.exit_code)
 
     return wrapper
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _format_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> str:
@@ -87,11 +96,14 @@ def cli() -> None:
               help="Set any config field, e.g. --set reweighter.options.alpha=0.01 (repeatable).")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
               help="Continue an interrupted run from its last checkpoint, as it was configured.")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
+              help="Train with N processes on this machine (data parallel: one GPU each on "
+              "CUDA); each takes batch-size / N images of every batch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_friendly
-def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | None, quiet: bool,
-        debug: bool, **flags: Any) -> None:
+def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | None,
+        nproc: int | None, quiet: bool, debug: bool, **flags: Any) -> None:
     """Train one model and evaluate it on the clean test split.
 
     With no options this trains the default: a U-Net on synthetic lesion patches whose
@@ -101,6 +113,10 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
 
     A run that dies (killed, out of time, power cut) continues with --resume RUN_DIR from the
     end of its last finished epoch, and ends exactly as it would have uninterrupted.
+
+    One run can train in several processes (torch DistributedDataParallel: gloo on the CPU,
+    NCCL on GPUs): --nproc N starts them here, or launch with
+    `torchrun --nproc-per-node N -m noisyseg run ...` (several machines: see torchrun).
 
     Component names (dataset, noise, backbone, reweighter, corrector) are listed by
     `noisyseg plugins`; each component's options are set with --set or in the config file.
@@ -113,6 +129,7 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
       noisyseg run --config my.toml --set train.lr=0.0005
       noisyseg run --reweighter mcpm --set reweighter.options.interval=5
       noisyseg run --resume runs/20261122-101500-synthetic-dilation-mcpm
+      noisyseg run --reweighter mcpm --nproc 2 --batch-size 32
     """
     from noisyseg.engine import run as run_engine
 
@@ -123,7 +140,7 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
             raise ConfigError(
                 f"--resume continues a run as it was configured; drop {', '.join(given)}"
             )
-        result = run_engine(resume=resume, progress=not quiet)
+        result = run_engine(resume=resume, progress=not quiet, nproc=nproc)
         _report(result.metrics, result.run_dir)
         return
 
@@ -146,11 +163,13 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
     for text in assignments:
         data = merge(data, parse_assignment(text))
     config = resolve(data)
-    result = run_engine(config, progress=not quiet)
+    result = run_engine(config, progress=not quiet, nproc=nproc)
     _report(result.metrics, result.run_dir)
 
 
 def _report(m: dict[str, Any], run_dir: Path) -> None:
+    if not m:  # a process other than rank 0 of a torchrun launch
+        return
     click.echo(f"run directory: {run_dir}")
     click.echo(
         f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} px  "

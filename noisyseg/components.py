@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from noisyseg.distributed import World
+
 
 class NoOptions(BaseModel):
     """Options of a component that takes none."""
@@ -133,6 +135,9 @@ class RunContext:
     steps_per_epoch: int
     seed: int
     pixel_noise_rate: float = 0.0
+    #: the processes training this run together (size 1: this one alone); a component that
+    #: learns parameters of its own averages their gradients with ``world.average_gradients``
+    world: World = field(default_factory=World)
 
 
 @dataclass

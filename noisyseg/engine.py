@@ -16,7 +16,7 @@ import pluggy
 import torch
 from torch import nn
 
-from noisyseg import rundir
+from noisyseg import distributed, rundir
 from noisyseg.components import (
     Backbone,
     Dataset,
@@ -27,6 +27,7 @@ from noisyseg.components import (
 )
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, steps_per_epoch
+from noisyseg.distributed import World
 from noisyseg.errors import ConfigError
 from noisyseg.loop import Loop
 from noisyseg.losses import out_channels, per_pixel_loss
@@ -42,18 +43,29 @@ class RunResult:
     history: list[dict[str, Any]]
     config: Config
     model: nn.Module = field(repr=False)
+    #: the trained reweighter and corrector (``corrector.store`` holds the final training labels);
+    #: None when the run trained in other processes (``nproc``)
+    reweighter: Reweighter | None = field(default=None, repr=False)
+    corrector: LabelCorrector | None = field(default=None, repr=False)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else as torch reads it."""
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else as torch reads it. Among several
+    processes on CUDA, process r of this machine gets GPU r (its local rank)."""
+    world = world or World()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device: cannot read {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    if world.size > 1 and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(f"device: {name!r} names one GPU, but {world.size} processes train; "
+                              "use cuda or auto (process r takes GPU r)")
+        device = torch.device("cuda", world.local_rank)
     return device
 
 
@@ -104,6 +116,7 @@ def run(
     plugin_manager: pluggy.PluginManager | None = None,
     progress: bool = True,
     resume: str | Path | None = None,
+    nproc: int | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train one model as ``config`` says and evaluate it on the clean test split.
@@ -115,6 +128,10 @@ def run(
         resume: continue the run in this directory from its last checkpoint, as it was
             configured (give no ``config`` or overrides with it). The result is the same as
             that of an uninterrupted run.
+        nproc: train with this many processes on this machine (data parallel, see
+            :mod:`noisyseg.distributed`); each takes ``train.batch_size / nproc`` images of every
+            batch. The result's ``reweighter`` and ``corrector`` are then None. Under ``torchrun``
+            leave it out: the processes are already there.
         **overrides: config fields with ``__`` for nesting, e.g. ``train__epochs=3``.
     """
     checkpoint = None
@@ -125,12 +142,36 @@ def run(
         cfg = resolve(checkpoint["config"], output__dir=str(resume))
     else:
         cfg = resolve(config, **overrides)
-    pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
+    world = distributed.env_world()
+    if nproc is not None and nproc > 1 and world.size == 1:
+        if plugin_manager is not None:
+            raise ConfigError("nproc: each process loads the installed plugins itself; a "
+                              "plugin_manager cannot be handed to them")
+        return _spawn_run(cfg, resume, nproc, progress)
+    device = resolve_device(cfg.device, world)
+    created_group = distributed.join(world, device)
+    try:
+        pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
+        return _run_here(cfg, checkpoint, pm, progress, world, device)
+    finally:
+        if created_group:
+            distributed.leave()
+
+
+def _run_here(
+    cfg: Config, checkpoint: dict[str, Any] | None, pm: pluggy.PluginManager, progress: bool,
+    world: World, device: torch.device,
+) -> RunResult:
+    """:func:`run` in this process (one of ``world``)."""
     parts = build_components(cfg, Registry(pm))
-    device = resolve_device(cfg.device)
-    run_dir = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
-    if checkpoint is None:
-        rundir.check_free(run_dir, cfg.output.overwrite)
+
+    def claim_run_dir() -> tuple[Path, bool]:
+        path = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
+        if checkpoint is None:
+            rundir.check_free(path, cfg.output.overwrite)
+        return path, not path.exists()
+
+    run_dir, created = world.from_main(claim_run_dir)
 
     seed_everything(cfg.seed)
     splits = parts.dataset.load(cfg.seed)
@@ -141,6 +182,8 @@ def run(
             f"reweighter '{cfg.reweighter.name}' needs a clean meta set, but dataset "
             f"'{cfg.dataset.name}' has an empty meta split; give the dataset a meta split"
         )
+    if cfg.train.batch_size % world.size:
+        raise ConfigError(_batch_share_error(cfg.train.batch_size, world.size))
     include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
                             cfg.train.meta_only)
@@ -162,6 +205,7 @@ def run(
         steps_per_epoch=steps_per_epoch(len(train), cfg.train.batch_size),
         seed=cfg.seed,
         pixel_noise_rate=train.label_error(),
+        world=world,
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)
@@ -175,20 +219,53 @@ def run(
         else None
     )
 
-    created = not run_dir.exists()
-    loop = Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir)
+    loop = Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir,
+                world)
     if checkpoint is not None:
         loop.restore(checkpoint)
-    else:
+    elif world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (rundir.HISTORY, rundir.FINAL, rundir.CHECKPOINT):
             (run_dir / stale).unlink(missing_ok=True)
         rundir.write_config(run_dir, cfg)
     try:
-        history = loop.train(progress)
+        history = loop.train(progress and world.is_main)
         final = loop.finish()
     except BaseException:
-        if created and not (run_dir / rundir.CHECKPOINT).exists():
+        if world.is_main and created and not (run_dir / rundir.CHECKPOINT).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: leave no half-run
         raise
-    return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model)
+    world.barrier()
+    return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model,
+                     reweighter=parts.reweighter, corrector=parts.corrector)
+
+
+def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool) -> RunResult:
+    """:func:`run` in ``nproc`` new processes; rank 0's result, with its model, comes back."""
+    distributed.check_nproc(nproc, resolve_device(cfg.device))
+    build_components(cfg, Registry(build_plugin_manager()))  # bad names and options fail here
+    if cfg.train.batch_size % nproc:
+        raise ConfigError(_batch_share_error(cfg.train.batch_size, nproc))
+    if resume is None:
+        run_dir = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
+        rundir.check_free(run_dir, cfg.output.overwrite)
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": run_dir})})
+    data = None if resume is not None else cfg.model_dump(mode="json")
+    results = distributed.spawn(nproc, _run_in_child, data, resume, progress)
+    main = results[0]
+    return RunResult(run_dir=main["run_dir"], metrics=main["metrics"], history=main["history"],
+                     config=cfg, model=main["model"])
+
+
+def _batch_share_error(batch_size: int, nproc: int) -> str:
+    return (f"train.batch_size ({batch_size}) must be a multiple of the number of processes "
+            f"({nproc}): each takes an equal share of every batch")
+
+
+def _run_in_child(data: dict[str, Any] | None, resume: str | Path | None,
+                  progress: bool) -> dict[str, Any] | None:
+    result = run(data, resume=resume, progress=progress)
+    if not distributed.env_world().is_main:
+        return None
+    return {"run_dir": result.run_dir, "metrics": result.metrics, "history": result.history,
+            "model": result.model}

@@ -9,6 +9,10 @@ method: the components come in through :class:`noisyseg.engine.Components`.
         loss   = mean(w * L); backward; optimiser step
         corrector.observe(index, probabilities)       (if it wants them)
     end of epoch: corrector.end_epoch, lr decay, test evaluation, metrics.jsonl, checkpoint
+
+Among several processes (:mod:`noisyseg.distributed`) each takes its share of every batch and of
+every meta batch; the model's forward runs through DistributedDataParallel; rank 0 alone
+evaluates, writes the run directory and draws the pictures.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from noisyseg import figures, rundir
 from noisyseg.components import Splits
 from noisyseg.config import Config
 from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
+from noisyseg.distributed import World
 from noisyseg.errors import CheckpointError, NumericalError
 from noisyseg.losses import class_probs
 from noisyseg.metrics import detection_auroc, evaluate
@@ -89,11 +94,14 @@ class Loop:
         meta: Cycler | None,
         device: torch.device,
         run_dir: Path,
+        world: World | None = None,
     ) -> None:
         self.cfg, self.parts, self.pm = cfg, parts, pm
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_set, self.splits, self.meta = train, splits, meta
         self.device, self.run_dir = device, run_dir
+        self.world = world or World()
+        self.forward = self.world.wrap(model, device)  # the training forward (DDP when shared)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.step = 0
@@ -101,13 +109,17 @@ class Loop:
         self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
+        index = self.world.shard(index)
         labels = self.parts.corrector.labels(index)
-        meta = next(self.meta) if self.meta is not None else None
+        meta = None
+        if self.meta is not None:
+            meta = tuple(self.world.shard(t) for t in next(self.meta))
         try:
             out = train_step(
                 self.model, self.optimizer, self.parts.reweighter,
                 self.train_set.images[index], labels, meta, self.step, epoch, self.device,
                 self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
+                forward=self.forward, world=self.world,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
@@ -154,7 +166,8 @@ class Loop:
                         break
                 seconds = time.perf_counter() - start
                 record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
+                if self.world.is_main:
+                    bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
         finally:
             bar.close()
         return self.history
@@ -166,21 +179,24 @@ class Loop:
         corrector_metrics = self.parts.corrector.end_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        test = self._evaluate(distances=False)
+        train_loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else math.nan
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.step,
             "lr": lr,
-            "train_loss": float(np.nanmean(losses)) if not np.isnan(losses).all() else math.nan,
+            "train_loss": self.world.mean(train_loss),
             **self._label_changes(labels_before),
-            **stats.summary(),
+            **stats.summary(),  # among several processes: the pixels of rank 0's shares
             **corrector_metrics,
-            **{f"test_{k}": v for k, v in test.items()},
-            "seconds": round(seconds, 3),
         }
+        if self.world.is_main:
+            test = self._evaluate(distances=False)
+            record.update({f"test_{k}": v for k, v in test.items()}, seconds=round(seconds, 3))
         if self.cfg.train.on_nonfinite == "skip":
             record["skipped_steps"], self.skipped = self.skipped, 0
         self.history.append(record)
+        if not self.world.is_main:
+            return record
         rundir.append_history(self.run_dir, record)
         rundir.save_checkpoint(self.run_dir, self._state(epoch))
         self.pm.hook.on_epoch_end(epoch=epoch + 1, metrics=dict(record), run_dir=str(self.run_dir))
@@ -251,10 +267,14 @@ class Loop:
         self.history = list(state["history"])
         self.step = int(state["step"])
         self.start_epoch = int(state["epoch"])
-        rundir.write_history(self.run_dir, self.history)
+        if self.world.is_main:
+            rundir.write_history(self.run_dir, self.history)
 
     def finish(self) -> dict[str, float]:
-        """Final test metrics (Hausdorff included), metrics.json and the pictures."""
+        """Final test metrics (Hausdorff included), metrics.json and the pictures (rank 0; the
+        other processes return no metrics)."""
+        if not self.world.is_main:
+            return {}
         final = self._evaluate(distances=True)
         final = {
             **final,

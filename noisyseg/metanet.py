@@ -9,6 +9,11 @@
 (Wang et al. 2020, Eqs. 3-5; Shu et al. 2019, Eqs. 4-6). Step 4 reuses the loss map of step 1:
 the training batch is forwarded once. With ``interval`` k > 1 the meta step runs every k-th
 iteration and the network is only applied in between.
+
+Among several processes (:mod:`noisyseg.distributed`) steps 1, 2 and 4 are local: each process
+makes the virtual step from its own share of the batch and scores the meta loss on its own share
+of the meta batch; the gradients of step 3 are averaged over the processes before the Adam step,
+so every process holds the same weighting net.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class MetaNetReweighter(Reweighter):
         torch.manual_seed(run.seed + 7919)   # the net's init does not shift the model's RNG stream
         self.net = self.build_net().to(run.device)
         torch.set_rng_state(generator_state)
+        run.world.broadcast_module(self.net)
         self.net_optimizer = torch.optim.Adam(self.net.parameters(), lr=self.options.meta_lr)
         self.last_meta_loss = float("nan")
 
@@ -113,6 +119,7 @@ class MetaNetReweighter(Reweighter):
                 self.run.loss_fn, o.alpha, o.virtual, ctx.optimizer)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
+        self.run.world.average_gradients(self.net.parameters())  # one net in every process
         self.net_optimizer.step()
         self.last_meta_loss = float(meta_loss)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from noisyseg.components import Reweighter, StepContext
+from noisyseg.distributed import World
 from noisyseg.errors import NoisysegError, NumericalError
 from noisyseg.losses import per_pixel_loss, predict
 
@@ -52,17 +53,22 @@ def train_step(
     device: torch.device,
     grad_clip: float | None = None,
     on_nonfinite: str = "stop",
+    *,
+    forward: nn.Module | None = None,
+    world: World | None = None,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
     A NaN or infinite loss raises :class:`NumericalError`, or with ``on_nonfinite="skip"`` the
-    step is not taken and the output's ``skipped`` is True.
+    step is not taken and the output's ``skipped`` is True. ``forward`` runs the training
+    forward (default ``model``; a DistributedDataParallel wrapper among several processes of
+    ``world``, which then all stop or skip when the loss of any one is not finite).
 
     Shape:
         images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device)
+    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device, forward)
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
@@ -72,10 +78,12 @@ def train_step(
         )
     loss = (weights * loss_map).mean()
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
+    finite = bool(torch.isfinite(loss))
+    if not (world or World()).all_true(finite):
         if on_nonfinite == "skip":
             return StepOutput(loss=math.nan, weights=weights, logits=ctx.logits.detach(), skipped=True)
-        raise NumericalError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1})")
+        what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
+        raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
     loss.backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -92,10 +100,12 @@ def step_context(
     step: int,
     epoch: int,
     device: torch.device,
+    forward: nn.Module | None = None,
 ) -> StepContext:
-    """Forward ``images`` (moved to ``device`` with labels and meta batch) and wrap the result."""
+    """Forward ``images`` (moved to ``device`` with labels and meta batch) through ``forward``
+    (default ``model``) and wrap the result; the context's model is always ``model`` itself."""
     x, y = images.to(device), labels.to(device)
-    logits = model(x)
+    logits = (forward or model)(x)
     meta_x, meta_y = (None, None) if meta is None else (t.to(device) for t in meta)
     return StepContext(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,

@@ -202,3 +202,28 @@ CHECKS = {
     "reweighter": check_reweighter,
     "corrector": check_corrector,
 }
+
+
+def run_in_processes(nproc: int, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train ``config`` in ``nproc`` processes (CPU, gloo) and return what each process holds at
+    the end, in rank order: the model's ``params`` (its BatchNorm statistics are each process's
+    own after the last step; DDP hands rank 0's to all at every forward), the ``reweighter``'s
+    state dict, the corrector's ``labels``, the ``history`` and the ``metrics`` (rank 0 only).
+    For checking that the processes stay in step."""
+    from noisyseg.distributed import spawn
+
+    return spawn(nproc, _process_state, config)
+
+
+def _process_state(config: dict[str, Any]) -> dict[str, Any]:
+    from noisyseg.engine import run
+
+    result = run(config, progress=False)
+    assert result.reweighter is not None and result.corrector is not None
+    return {
+        "params": {k: p.detach().clone() for k, p in result.model.named_parameters()},
+        "reweighter": result.reweighter.state_dict(),
+        "labels": result.corrector.store.clone(),
+        "metrics": result.metrics,
+        "history": result.history,
+    }

@@ -14,6 +14,10 @@ forget far too much (r = 0.4 forgets 40% of all pixels, most of the foreground w
 
 The weights are ``kept / fraction kept``, so the loop's ``mean(w * L)`` is the mean loss over the
 kept pixels, as in the paper. The peer follows the main optimiser's learning rate (its schedule).
+
+Among several processes each ranks the pixels of its own share of the batch; the peer's gradients
+are averaged over the processes (its parameters stay identical; its BatchNorm running statistics
+are each process's own and only matter for the pictures).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class CoteachingReweighter(Reweighter):
                 "and no noise is configured"
             )
         self.peer = run.build_model()
+        run.world.broadcast_module(self.peer)
         self.peer.train()
         self.peer_optimizer = run.make_optimizer(self.peer.parameters())
 
@@ -103,6 +108,7 @@ class CoteachingReweighter(Reweighter):
             group["lr"] = ctx.optimizer.param_groups[0]["lr"]
         self.peer_optimizer.zero_grad(set_to_none=True)
         (peer_loss * kept_by_main).sum().div(kept_by_main.sum()).backward()
+        self.run.world.average_gradients(self.peer.parameters())
         self.peer_optimizer.step()
         return kept_by_peer.to(ctx.loss_map.dtype) / fraction
 

@@ -9,7 +9,8 @@ until it reaches 0.85 (Sec. 4.2). Corrected labels persist across epochs.
 The predictions come from the training forward passes (the loop hands them to :meth:`observe`):
 no extra pass over the data. A pixel's candidate flip is decided when its image is seen and applied
 at the end of the epoch (or every ``every_steps`` steps), so labels do not change under the model
-in the middle of an epoch unless asked to.
+in the middle of an epoch unless asked to. Among several processes each decides the flips of the
+images it trains on, and all processes gather every flip before applying them.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class PLCCorrector(LabelCorrector):
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
         """Shape: labels - (N, H, W) int64 noisy training labels."""
+        self.world = run.world
         dtype = np.uint8 if run.num_classes <= 256 else np.int16
         self.store = self._allocate("labels", labels.shape, dtype)
         self.store.copy_(labels)
@@ -79,6 +81,8 @@ class PLCCorrector(LabelCorrector):
         if self.options.store_dir is None and not hasattr(self, "_tmp"):
             self._tmp = tempfile.TemporaryDirectory(prefix="noisyseg-plc-")  # removed with the object
         folder = Path(self.options.store_dir or self._tmp.name)
+        if self.world.size > 1:  # one store per process
+            folder = folder / f"rank{self.world.rank}"
         folder.mkdir(parents=True, exist_ok=True)
         array = np.memmap(folder / f"{name}.dat", dtype=dtype, mode="w+", shape=tuple(shape))
         return torch.from_numpy(array)
@@ -108,8 +112,20 @@ class PLCCorrector(LabelCorrector):
             self._apply()
 
     def _apply(self) -> None:
+        self._gather_pending()
         self.flipped += int((self.pending != self.store).sum())
         self.store.copy_(self.pending)
+
+    def _gather_pending(self) -> None:
+        """Among several processes each decided the flips of its own share of the images (the
+        shares do not overlap within an epoch): collect every process's flips, so that all hold
+        the same labels."""
+        if self.world.size == 1:
+            return
+        pending = self.pending.view(-1)
+        where = torch.nonzero(pending != self.store.view(-1)).squeeze(1)
+        for index, values in self.world.gather((where, pending[where].clone())):
+            pending[index] = values
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         delta = self.delta
