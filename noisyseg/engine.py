@@ -143,6 +143,9 @@ def run(
     else:
         cfg = resolve(config, **overrides)
     world = distributed.env_world()
+    if nproc is not None and world.size > 1 and nproc != world.size:
+        raise ConfigError(f"nproc {nproc}: this process is already one of {world.size} (torchrun); "
+                          "drop --nproc")
     if nproc is not None and nproc > 1 and world.size == 1:
         if plugin_manager is not None:
             raise ConfigError("nproc: each process loads the installed plugins itself; a "

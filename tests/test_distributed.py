@@ -54,6 +54,13 @@ def test_process_counts_that_cannot_work_are_refused() -> None:
         run(tiny_run_config(), nproc=2, plugin_manager=build_plugin_manager(), progress=False)
 
 
+def test_nproc_under_torchrun_must_match_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="already one of 4"):
+        run(tiny_run_config(), nproc=2, progress=False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_each_process_takes_the_gpu_of_its_local_rank() -> None:
     assert resolve_device("auto", World(rank=3, size=4, local_rank=0)) == torch.device("cuda", 0)
@@ -125,6 +132,7 @@ def test_a_resumed_run_may_continue_in_two_processes(tmp_path: Path,
     monkeypatch.setattr(noisyseg.loop, "train_step", original)
     result = run(resume=tmp_path / "run", nproc=2, progress=False)
     assert result.metrics["epochs"] == 2 and result.metrics["steps"] == 6
+    assert isinstance(result.model, torch.nn.Module) and result.reweighter is None
     assert [h["epoch"] for h in result.history] == [1, 2]
 
 
