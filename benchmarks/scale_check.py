@@ -27,14 +27,13 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import grid as grid_module  # noqa: E402  (benchmarks/grid.py)
 
-from noisyseg.testing import run_in_processes, tiny_run_config  # noqa: E402
+from noisyseg.testing import process_differences, run_in_processes, tiny_run_config  # noqa: E402
 
 TINY_GRID = {
     "name": "scale-check",
@@ -81,7 +80,8 @@ def grid_check(root: Path, workers: int) -> tuple[int, int]:
 
 
 def params_check(root: Path, nproc: int) -> bool:
-    """mcpm + plc and co-teaching in ``nproc`` processes: everything learned is the same in all."""
+    """mcpm + plc and co-teaching in ``nproc`` processes: everything learned (the model, the
+    mask net or peer with its optimiser, the label store) is the same in all."""
     plc = {"name": "plc", "options": {"warmup_epochs": 0, "delta": 0.6, "delta_min": 0.6}}
     runs = {
         "mcpm+plc": tiny_run_config(reweighter={"name": "mcpm"}, corrector=plc, train={"epochs": 2},
@@ -92,22 +92,13 @@ def params_check(root: Path, nproc: int) -> bool:
     all_equal = True
     for name, config in runs.items():
         states = run_in_processes(nproc, config)
-        first = states[0]
-        checks = {"model": lambda s: s["params"], "labels": lambda s: {"labels": s["labels"]}}
-        if name == "mcpm+plc":
-            checks["mask net"] = lambda s: s["reweighter"]["net"]
-        else:  # the peer's BatchNorm statistics are each process's own
-            checks["peer"] = lambda s: {k: v for k, v in s["reweighter"]["peer"].items()
-                                        if "running" not in k and "num_batches" not in k}
-        results = {}
-        for what, get in checks.items():
-            results[what] = all(torch.equal(get(first)[k], get(s)[k])
-                                for s in states[1:] for k in get(first))
-        changed = sum(h["labels_changed"] for h in first["history"])
+        differ = process_differences(states)
+        changed = sum(h["labels_changed"] for h in states[0]["history"])
         print(f"{name} in {nproc} processes, identical: "
-              + ", ".join(f"{k} {v}" for k, v in results.items())
-              + (f" (plc changed {changed:.0f} labels)" if name == "mcpm+plc" else ""))
-        all_equal = all_equal and all(results.values())
+              + ", ".join(f"{part} {not names}" for part, names in differ.items())
+              + f" (reweighter state: {', '.join(states[0]['reweighter'])}"
+              + (f"; plc changed {changed:.0f} labels)" if name == "mcpm+plc" else ")"))
+        all_equal = all_equal and not any(differ.values())
     return all_equal
 
 
