@@ -134,8 +134,9 @@ class Loop:
             return out.loss
         if self.parts.corrector.observes_predictions:
             self.parts.corrector.observe(index, class_probs(out.logits).cpu())
-        wrong = labels != self.train_set.clean[index]
-        stats.add(out.weights, wrong, _WEIGHT_SAMPLE // self.steps_per_epoch)
+        if self.world.is_main:  # only rank 0 writes the weight statistics
+            wrong = labels != self.train_set.clean[index]
+            stats.add(out.weights, wrong, _WEIGHT_SAMPLE // self.steps_per_epoch)
         return out.loss
 
     @property
