@@ -138,6 +138,10 @@ class RunContext:
     #: the processes training this run together (size 1: this one alone); a component that
     #: learns parameters of its own averages their gradients with ``world.average_gradients``
     world: World = field(default_factory=World)
+    #: the true training labels (N, H, W) int64 on the CPU when the run knows them (noise added
+    #: on purpose by the noise model), else None. For ceilings and diagnostics only (the
+    #: ``oracle`` reweighter): a method that learns from them is not a noisy-label method.
+    clean_labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -147,7 +151,8 @@ class StepContext:
     Shape:
         images - (N, C, H, W); labels - (N, H, W); logits - (N, K, H, W);
         loss_map - (N, H, W), still attached to the graph of ``logits``;
-        meta_images / meta_labels - (M, C, H, W) / (M, H, W), or None
+        meta_images / meta_labels - (M, C, H, W) / (M, H, W), or None;
+        index - (N,) positions of the batch's images in the training set (on the CPU), or None
     """
 
     model: nn.Module
@@ -160,6 +165,7 @@ class StepContext:
     epoch: int
     meta_images: torch.Tensor | None = None
     meta_labels: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
 
 class Reweighter(Component):

@@ -79,6 +79,11 @@ class TrainConfig(_Section):
     meta_only: bool = Field(
         False, description="train on the clean meta images alone (the 'few clean labels' baseline)"
     )
+    init_from: Path | None = Field(
+        None,
+        description="start from the network weights of this run directory (or checkpoint.pt); "
+        "with meta_only: fine-tune a model trained on noisy labels on the clean meta set",
+    )
     meta_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     on_nonfinite: Literal["stop", "skip"] = Field(

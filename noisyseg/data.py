@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from noisyseg.components import NoiseModel, Split, Splits
 from noisyseg.errors import DataError
@@ -21,14 +22,23 @@ from noisyseg.errors import DataError
 class NoisyTrainSet:
     """Training images with their noisy masks, clean masks and a flag per corrupted image.
 
+    ``region`` marks where noise can be (see :func:`noise_region`); None when nothing is
+    corrupted.
+
     Shape:
-        images - (N, C, H, W) float32; noisy, clean - (N, H, W) int64; corrupted - (N,) bool
+        images - (N, C, H, W) float32; noisy, clean - (N, H, W) int64; corrupted - (N,) bool;
+        region - (N, H, W) bool or None
     """
 
     images: torch.Tensor
     noisy: torch.Tensor
     clean: torch.Tensor
     corrupted: torch.Tensor
+    region: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.region is None and bool((self.noisy != self.clean).any()):
+            self.region = torch.from_numpy(noise_region(self.clean.numpy(), self.noisy.numpy()))
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -40,6 +50,33 @@ class NoisyTrainSet:
             labels - (N, H, W) or None
         """
         return float(((self.noisy if labels is None else labels) != self.clean).float().mean())
+
+
+def noise_region(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """Where label noise can be: the union of the clean and noisy foreground, dilated by the
+    noise's largest radius R (the farthest any changed pixel lies from the clean mask's
+    boundary, measured over the whole set, at least 1 px).
+
+    Noise-detection scores inside this region are not flattered by the easy background far
+    from any object, which dominates scores over all pixels.
+
+    Shape:
+        clean, noisy - (N, H, W) integer labels; returns (N, H, W) bool
+    """
+    changed = noisy != clean
+    radius = 1.0
+    for c, ch in zip(clean, changed, strict=True):
+        if ch.any():
+            fg = c > 0
+            boundary = fg ^ ndimage.binary_erosion(fg, border_value=0) if fg.any() else fg
+            if boundary.any():  # (an image with no clean object: its changed pixels are the seed)
+                radius = max(radius, float(ndimage.distance_transform_edt(~boundary)[ch].max()))
+    union = (clean > 0) | (noisy > 0) | changed
+    region = np.zeros(union.shape, dtype=bool)
+    for i, u in enumerate(union):
+        if u.any():
+            region[i] = ndimage.distance_transform_edt(~u) <= radius
+    return region
 
 
 def choose_corrupted(n: int, rate: float, seed: int) -> np.ndarray:

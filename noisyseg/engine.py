@@ -195,6 +195,12 @@ def _run_here(
         return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
 
     model = build_model()
+    if cfg.train.init_from is not None and checkpoint is None:
+        try:
+            model.load_state_dict(rundir.load_weights(Path(cfg.train.init_from)))
+        except RuntimeError as exc:
+            raise ConfigError(f"train.init_from: the weights in {cfg.train.init_from} do not fit "
+                              f"this backbone ({str(exc).splitlines()[0]})") from None
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     context = RunContext(
@@ -209,6 +215,7 @@ def _run_here(
         seed=cfg.seed,
         pixel_noise_rate=train.label_error(),
         world=world,
+        clean_labels=train.clean if bool(train.corrupted.any()) else None,
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)

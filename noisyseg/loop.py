@@ -47,34 +47,47 @@ _WEIGHT_SAMPLE = 1_000_000
 
 
 class WeightStats:
-    """Accumulates weights on corrupted and clean training pixels during one epoch."""
+    """Accumulates weights on corrupted and clean training pixels during one epoch, with the
+    pixels' place inside or outside the region where noise can be (:func:`noise_region`)."""
 
     def __init__(self, seed: int) -> None:
         self.weights: list[np.ndarray] = []
         self.wrong: list[np.ndarray] = []
+        self.region: list[np.ndarray] = []
         self.rng = np.random.default_rng(seed)
 
-    def add(self, weights: torch.Tensor, wrong: torch.Tensor, budget: int) -> None:
+    def add(self, weights: torch.Tensor, wrong: torch.Tensor, region: torch.Tensor | None,
+            budget: int) -> None:
         w = weights.detach().float().cpu().numpy().ravel()
         c = wrong.cpu().numpy().ravel()
+        r = np.ones_like(c) if region is None else region.cpu().numpy().ravel()
         if w.size > budget:
             keep = self.rng.choice(w.size, size=budget, replace=False)
-            w, c = w[keep], c[keep]
+            w, c, r = w[keep], c[keep], r[keep]
         self.weights.append(w)
         self.wrong.append(c)
+        self.region.append(r)
 
     def summary(self) -> dict[str, float]:
         if not self.weights:
             return {}
         w, c = np.concatenate(self.weights), np.concatenate(self.wrong)
+        r = np.concatenate(self.region)
         nan = float("nan")
+        total = w.sum()
         return {
             "weight_mean_corrupted": float(w[c].mean()) if c.any() else nan,
             "weight_mean_clean": float(w[~c].mean()) if (~c).any() else nan,
             "weight_auroc": detection_auroc(1.0 - w, c),
+            # the same inside the region where noise can be: no easy far-away background
+            "weight_auroc_region": detection_auroc(1.0 - w[r], c[r]),
             # share of the weight on truly clean pixels: for a 0/1 selection (co-teaching) the
             # precision of the kept pixels
-            "weight_on_clean": float(w[~c].sum() / w.sum()) if w.sum() > 0 else nan,
+            "weight_on_clean": float(w[~c].sum() / total) if total > 0 else nan,
+            # share of the weight left on corrupted pixels, beside their share of the pixels
+            # (equal: the weights ignore the noise; 0: every corrupted pixel dropped)
+            "weight_mass_corrupted": float(w[c].sum() / total) if total > 0 else nan,
+            "corrupted_share": float(c.mean()),
         }
 
 
@@ -119,7 +132,7 @@ class Loop:
                 self.model, self.optimizer, self.parts.reweighter,
                 self.train_set.images[index], labels, meta, self.step, epoch, self.device,
                 self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
-                forward=self.forward, world=self.world,
+                forward=self.forward, world=self.world, index=index,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
@@ -136,7 +149,8 @@ class Loop:
             self.parts.corrector.observe(index, class_probs(out.logits).cpu())
         if self.world.is_main:  # only rank 0 writes the weight statistics
             wrong = labels != self.train_set.clean[index]
-            stats.add(out.weights, wrong, _WEIGHT_SAMPLE // self.steps_per_epoch)
+            region = None if self.train_set.region is None else self.train_set.region[index]
+            stats.add(out.weights, wrong, region, _WEIGHT_SAMPLE // self.steps_per_epoch)
         return out.loss
 
     @property
@@ -277,8 +291,10 @@ class Loop:
         if not self.world.is_main:
             return {}
         final = self._evaluate(distances=True)
+        last = self.history[-1] if self.history else {}
         final = {
             **final,
+            **{k: v for k, v in last.items() if k.startswith("weight_") or k == "corrupted_share"},
             "train_label_error_initial": self.train_set.label_error(),
             "train_label_error_final": self.train_set.label_error(self.parts.corrector.store),
             "epochs": len(self.history),
@@ -304,6 +320,7 @@ class Loop:
             ctx = step_context(
                 self.model, self.optimizer, self.train_set.images[index],
                 self.parts.corrector.labels(index), meta, self.step, len(self.history), self.device,
+                index=index,
             )
             weights = self.parts.reweighter.preview(ctx)
         finally:

@@ -114,3 +114,19 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
             f"cannot resume: {path} lacks {', '.join(missing)}; it is not a noisyseg checkpoint"
         )
     return state
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """The network weights saved by a run (``path``: its directory or its checkpoint.pt), for
+    ``train.init_from``; the run may be finished."""
+    file = path / CHECKPOINT if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"train.init_from: {file} not found "
+                          f"(give a run directory or its {CHECKPOINT})")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds on a damaged file
+        raise CheckpointError(f"train.init_from: {file} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"train.init_from: {file} holds no network weights ('model')")
+    return state["model"]

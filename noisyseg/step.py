@@ -56,19 +56,21 @@ def train_step(
     *,
     forward: nn.Module | None = None,
     world: World | None = None,
+    index: torch.Tensor | None = None,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
     A NaN or infinite loss raises :class:`NumericalError`, or with ``on_nonfinite="skip"`` the
     step is not taken and the output's ``skipped`` is True. ``forward`` runs the training
     forward (default ``model``; a DistributedDataParallel wrapper among several processes of
-    ``world``, which then all stop or skip when the loss of any one is not finite).
+    ``world``, which then all stop or skip when the loss of any one is not finite). ``index``:
+    the batch's positions in the training set, handed to the reweighter.
 
     Shape:
         images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device, forward)
+    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device, forward, index)
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
@@ -101,14 +103,16 @@ def step_context(
     epoch: int,
     device: torch.device,
     forward: nn.Module | None = None,
+    index: torch.Tensor | None = None,
 ) -> StepContext:
     """Forward ``images`` (moved to ``device`` with labels and meta batch) through ``forward``
-    (default ``model``) and wrap the result; the context's model is always ``model`` itself."""
+    (default ``model``) and wrap the result; the context's model is always ``model`` itself.
+    ``index``: the images' positions in the training set."""
     x, y = images.to(device), labels.to(device)
     logits = (forward or model)(x)
     meta_x, meta_y = (None, None) if meta is None else (t.to(device) for t in meta)
     return StepContext(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
         loss_map=per_pixel_loss(logits, y), step=step, epoch=epoch,
-        meta_images=meta_x, meta_labels=meta_y,
+        meta_images=meta_x, meta_labels=meta_y, index=index,
     )

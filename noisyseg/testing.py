@@ -117,7 +117,8 @@ def check_dataset(cls: type[Dataset], options: dict[str, Any] | None = None) -> 
 
 
 def cpu_run_context(num_classes: int = 2) -> RunContext:
-    """A RunContext for exercising a component outside a run: CPU, SGD, a tiny model factory."""
+    """A RunContext for exercising a component outside a run: CPU, SGD, a tiny model factory,
+    and known clean labels of 8 training images of 16x16 (steps index into them)."""
     return RunContext(
         build_model=lambda: _tiny_model(num_classes),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
@@ -129,6 +130,7 @@ def cpu_run_context(num_classes: int = 2) -> RunContext:
         steps_per_epoch=2,
         seed=0,
         pixel_noise_rate=0.1,
+        clean_labels=torch.from_numpy(random_masks(8, 16, num_classes, seed=1)),
     )
 
 
@@ -155,6 +157,7 @@ def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: i
         loss_map=per_pixel_loss(logits, y), step=0, epoch=0,
         meta_images=x[:2].clone() if cls.needs_meta_batch else None,
         meta_labels=y[:2].clone() if cls.needs_meta_batch else None,
+        index=torch.arange(4),
     )
     return reweighter.weigh(ctx).detach()
 

@@ -8,7 +8,6 @@ result is deterministic by seed (``deform_random_grid`` would use NumPy's global
 
 from __future__ import annotations
 
-import elasticdeform
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
@@ -52,6 +51,8 @@ class ElasticNoise(NoiseModel):
         zoom = rng.uniform(*o.zoom)
         shift = rng.integers(-o.translation, o.translation + 1, size=2)
         radius = int(rng.integers(o.dilation[0], o.dilation[1] + 1))
+
+        import elasticdeform  # imported here: the other noise models work without it
 
         channels = [(mask == c).astype(np.float64) for c in range(1, num_classes)]
         warped = elasticdeform.deform_grid(

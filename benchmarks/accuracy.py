@@ -1,0 +1,267 @@
+"""How much of the Dice lost to noisy labels each method wins back, with its ceilings.
+
+    python benchmarks/accuracy.py                    # CPU protocol, 3 seeds, synthetic + mni152
+    python benchmarks/accuracy.py --preset paper --datasets synthetic   # the MCPM paper's, for a GPU
+    python benchmarks/accuracy.py --summary          # tables from the stored results.csv
+
+Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) - Dice(none)):
+0 is plain training on the noisy labels, 1 is training on the clean labels. The methods:
+
+- ``clean``: the clean-label ceiling (noise rate 0; the meta images are training images too);
+- ``none``: plain training on the noisy labels, with the clean meta images added to the training
+  set (the fair baseline: it sees every label a meta method sees); ``none_nometa`` without them;
+- ``oracle``: the reweighting ceiling (weight 0 on exactly the corrupted pixels);
+- ``finetune``: ``none``'s model fine-tuned on the clean meta set alone (``train.init_from`` +
+  ``train.meta_only``), lr x 0.1, with a fifth of none's steps, cosine-annealed. Chosen before
+  any result was seen, not tuned on the test split;
+- ``mcpm``: the meta mask net of Wang et al. 2020.
+
+Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
+skips the finished runs when started again. The last line is
+``best=<method> recovery_r04=<x> recovery_r08=<y> oracle_recovery_r04=<z> mcpm_recovery_r04=<w>``:
+recovery of the mean Dice over seeds, averaged over the datasets; ``best`` is the method (not a
+ceiling) with the highest mean of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import noisyseg
+from noisyseg.config import merge
+
+HERE = Path(__file__).resolve().parent
+CEILINGS = ("clean", "oracle")
+METHODS = ("clean", "none", "none_nometa", "oracle", "finetune", "mcpm")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 2-core CPU: small patches and a small U-Net, long enough for the noisy baseline to overfit
+    "cpu": {
+        "datasets": {
+            "synthetic": {"name": "synthetic", "options": {"size": 48, "n_train": 300, "n_meta": 40,
+                                                           "n_test": 200}},
+            "mni152": {"name": "mni152", "options": {"labels": "wm", "patch": 48, "stride": 40,
+                                                     "slice_step": 3, "block": 2}},
+        },
+        "base": {"device": "cpu", "backbone": {"name": "unet", "options": {"base_channels": 8, "depth": 3}},
+                 "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "schedule": "cosine"},
+                 "output": {"figure_images": 0}},
+    },
+    # seconds, for the tests
+    "smoke": {
+        "datasets": {
+            "synthetic": {"name": "synthetic", "options": {"size": 32, "n_train": 48, "n_meta": 16,
+                                                           "n_test": 16, "max_radius": 6.0}},
+        },
+        "base": {"device": "cpu", "backbone": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+                 "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "schedule": "cosine"},
+                 "output": {"figure_images": 0}},
+    },
+    # the MCPM paper's protocol (Sec. 4.1), cut to 50 epochs (its lr is 1e-6 after epoch 40)
+    "paper": {
+        "datasets": {
+            "synthetic": {"name": "synthetic", "options": {"size": 64, "n_train": 1906, "n_meta": 300,
+                                                           "n_test": 1385}},
+            "mni152": {"name": "mni152", "options": {"labels": "wm"}},
+        },
+        "base": {"device": "auto", "backbone": {"name": "unet", "options": {"base_channels": 32, "depth": 4}},
+                 "train": {"epochs": 50, "batch_size": 128, "lr": 1e-4, "schedule": "step",
+                           "lr_decay_epochs": [20, 40]},
+                 "output": {"figure_images": 0}},
+    },
+}
+COLUMNS = ["dataset", "rate", "method", "seed", "dice", "best_dice", "auroc", "auroc_region",
+           "mass_corrupted", "corrupted_share", "seconds", "run_dir"]
+
+
+def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> dict[str, Any]:
+    """What ``method`` adds to the preset's base config."""
+    if method == "none_nometa":
+        return {"train": {"train_on_meta": False}}
+    if method == "oracle":
+        return {"reweighter": {"name": "oracle"}}
+    if method == "mcpm":
+        return {"reweighter": {"name": "mcpm", "options": {"meta_lr": 10 * base["train"]["lr"]}}}
+    if method == "finetune":
+        t = base["train"]
+        return {"train": {"meta_only": True, "init_from": str(none_dir), "lr": t["lr"] * 0.1,
+                          "schedule": "cosine"}}  # epochs: finetune_epochs
+    return {}
+
+
+def finetune_epochs(base: dict[str, Any], splits: tuple[int, int]) -> int:
+    """Epochs on the meta set worth a fifth of none's optimiser steps (at least 1)."""
+    n_train, n_meta = splits
+    batch = base["train"]["batch_size"]
+    steps_none = base["train"]["epochs"] * max((n_train + n_meta) // batch, 1)
+    return max(1, round(steps_none / 5 / max(n_meta // batch, 1)))
+
+
+def split_sizes(dataset: dict[str, Any], cache: dict[str, tuple[int, int]], name: str) -> tuple[int, int]:
+    if name not in cache:
+        from noisyseg import Registry, build_plugin_manager
+
+        ds = Registry(build_plugin_manager()).build("dataset", dataset["name"], dataset["options"])
+        splits = ds.load(0)
+        cache[name] = (len(splits.train), len(splits.meta))
+    return cache[name]
+
+
+def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed: int, out: Path,
+            sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    base = preset["base"]
+    none_dir = out / "runs" / f"{dataset}-r{rate:g}-none-s{seed}"
+    run_dir = out / "runs" / f"{dataset}-r{rate:g}-{method}-s{seed}"
+    config = merge(base, method_config(method, base, none_dir))
+    if method == "finetune":
+        ft = finetune_epochs(base, split_sizes(preset["datasets"][dataset], sizes, dataset))
+        config = merge(config, {"train": {"epochs": ft}})
+    config = merge(config, {
+        "seed": seed, "dataset": preset["datasets"][dataset],
+        "noise": {"name": "dilation", "rate": 0.0 if method == "clean" else rate},
+        "output": {"dir": str(run_dir), "overwrite": True},
+    })
+    start = time.perf_counter()
+    result = noisyseg.run(config, progress=False)
+    m = result.metrics
+
+    def num(key: str) -> Any:
+        v = m.get(key)
+        return "" if v is None or v != v else round(float(v), 5)
+
+    return {"dataset": dataset, "rate": rate, "method": method, "seed": seed,
+            "dice": round(m["dice"], 5), "best_dice": round(max(h["test_dice"] for h in result.history), 5),
+            "auroc": num("weight_auroc"), "auroc_region": num("weight_auroc_region"),
+            "mass_corrupted": num("weight_mass_corrupted"), "corrupted_share": num("corrupted_share"),
+            "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def append(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def plan(datasets: list[str], rates: list[float], seeds: list[int], methods: list[str]) -> list[tuple]:
+    """Runs in order: clean once per dataset and seed; none before the finetune that starts from it."""
+    runs = []
+    for dataset in datasets:
+        for seed in seeds:
+            if "clean" in methods:
+                runs.append((dataset, 0.0, "clean", seed))
+            for rate in rates:
+                runs += [(dataset, rate, m, seed) for m in METHODS if m in methods and m != "clean"]
+    return runs
+
+
+def dice_of(rows: list[dict[str, Any]], dataset: str, rate: float, method: str) -> dict[int, float]:
+    r = 0.0 if method == "clean" else rate
+    return {int(x["seed"]): float(x["dice"]) for x in rows
+            if x["dataset"] == dataset and math.isclose(float(x["rate"]), r) and x["method"] == method}
+
+
+def recovery(rows: list[dict[str, Any]], dataset: str, rate: float, method: str) -> tuple[float, float]:
+    """(recovery of the seed-mean Dice, sd of the per-seed recoveries)."""
+    clean, none, got = (dice_of(rows, dataset, rate, m) for m in ("clean", "none", method))
+    seeds = sorted(set(clean) & set(none) & set(got))
+    if not seeds:
+        return math.nan, math.nan
+    mean = lambda d: statistics.mean(d[s] for s in seeds)  # noqa: E731
+    gap = mean(clean) - mean(none)
+    rec = (mean(got) - mean(none)) / gap if gap else math.nan
+    per_seed = [(got[s] - none[s]) / (clean[s] - none[s]) for s in seeds if clean[s] != none[s]]
+    return rec, statistics.stdev(per_seed) if len(per_seed) > 1 else math.nan
+
+
+def table(rows: list[dict[str, Any]], datasets: list[str], rates: list[float], methods: list[str]) -> str:
+    lines = ["| dataset | r | method | Dice (mean ± sd) | best-epoch Dice | recovery (± sd) | "
+             "AUROC all / region | weight mass on corrupted / their share |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dataset in datasets:
+        for rate in rates:
+            for method in methods:
+                sel = [x for x in rows if x["dataset"] == dataset and x["method"] == method
+                       and math.isclose(float(x["rate"]), 0.0 if method == "clean" else rate)]
+                if not sel:
+                    continue
+                d = [float(x["dice"]) for x in sel]
+                b = [float(x["best_dice"]) for x in sel]
+                sd = statistics.stdev(d) if len(d) > 1 else math.nan
+                rec, rsd = recovery(rows, dataset, rate, method)
+
+                def mean_of(key: str, sel: list[dict[str, Any]] = sel) -> str:
+                    v = [float(x[key]) for x in sel if x[key] not in ("", None)]
+                    return f"{statistics.mean(v):.3f}" if v else "-"
+
+                lines.append(
+                    f"| {dataset} | {rate:g} | {method} | "
+                    f"{statistics.mean(d):.4f} ± {sd:.4f} (n={len(d)}) | "
+                    f"{statistics.mean(b):.4f} | {rec:+.2f} ± {rsd:.2f} | {mean_of('auroc')} / "
+                    f"{mean_of('auroc_region')} | {mean_of('mass_corrupted')} / {mean_of('corrupted_share')} |")
+    return "\n".join(lines)
+
+
+def headline(rows: list[dict[str, Any]], datasets: list[str]) -> str:
+    def rec(method: str, rate: float) -> float:
+        vals = [recovery(rows, d, rate, method)[0] for d in datasets]
+        vals = [v for v in vals if v == v]
+        return statistics.mean(vals) if vals else math.nan
+
+    candidates = [m for m in METHODS if m not in CEILINGS and m != "none"]
+    scores = {m: statistics.mean([rec(m, 0.4), rec(m, 0.8)]) for m in candidates}
+    scores = {m: s for m, s in scores.items() if s == s}
+    best = max(scores, key=scores.get) if scores else "none"
+    return (f"best={best} recovery_r04={rec(best, 0.4):.3f} recovery_r08={rec(best, 0.8):.3f} "
+            f"oracle_recovery_r04={rec('oracle', 0.4):.3f} mcpm_recovery_r04={rec('mcpm', 0.4):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--datasets", nargs="+", default=["synthetic", "mni152"])
+    parser.add_argument("--rates", nargs="+", type=float, default=[0.4, 0.8])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/accuracy-<preset>")
+    parser.add_argument("--summary", action="store_true", help="only print the tables of results.csv")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    out = args.out or HERE / "results" / f"accuracy-{args.preset}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.csv"
+    if not args.summary:
+        done = {(x["dataset"], float(x["rate"]), x["method"], int(x["seed"])) for x in read_rows(results)}
+        todo = [r for r in plan(args.datasets, args.rates, args.seeds, args.methods) if r not in done]
+        sizes: dict[str, tuple[int, int]] = {}
+        start = time.perf_counter()
+        for i, (dataset, rate, method, seed) in enumerate(todo, 1):
+            row = run_one(preset, dataset, rate, method, seed, out, sizes)
+            append(results, row)
+            print(f"[{i}/{len(todo)} {time.perf_counter() - start:.0f} s] {dataset} r={rate:g} {method} "
+                  f"seed {seed}: Dice {row['dice']:.4f} (best epoch {row['best_dice']:.4f}) "
+                  f"{row['seconds']:.0f} s", flush=True)
+    rows = read_rows(results)
+    print(table(rows, args.datasets, args.rates, [m for m in METHODS if m in args.methods]))
+    print(headline(rows, args.datasets))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
