@@ -126,7 +126,9 @@ def load_weights(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many kinds on a damaged file
-        raise CheckpointError(f"train.init_from: {file} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"train.init_from: {file} is unreadable ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"train.init_from: {file} holds no network weights ('model')")
     return state["model"]

@@ -1,0 +1,148 @@
+"""Ceilings and detection scores: the oracle reweighter, the noise region, the weight statistics,
+fine-tuning from another run's weights, and the accuracy benchmark's recovery arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import noisyseg
+from noisyseg import ConfigError, Registry, build_plugin_manager
+from noisyseg.components import StepContext
+from noisyseg.data import noise_region
+from noisyseg.loop import WeightStats
+from noisyseg.testing import cpu_run_context
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "dataset": {"name": "synthetic", "options": {"n_train": 32, "n_meta": 8, "n_test": 8, "size": 32,
+                                                 "max_radius": 6.0}},
+    "backbone": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+    "train": {"epochs": 1, "batch_size": 8},
+    "output": {"figure_images": 0, "overwrite": True},
+}
+
+
+def disk(size: int, r: float, cy: float = 16, cx: float = 16) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.int64)
+
+
+def test_noise_region_is_the_union_grown_by_the_largest_noise_radius() -> None:
+    clean = np.stack([disk(32, 5), disk(32, 4)])
+    noisy = np.stack([disk(32, 8), disk(32, 4)])  # image 0 dilated by 3 px, image 1 untouched
+    region = noise_region(clean, noisy)
+    assert region[0].sum() > noisy[0].sum() and region[0][noisy[0] > 0].all()
+    assert region[1][clean[1] > 0].all()  # the radius is the set's: image 1 gets the same band
+    # a pixel more than 3 px (plus the boundary's half pixel) outside the union is outside
+    assert not region[0][16, 16 + 8 + 5] and region[0][16, 16 + 8 + 2]
+    assert not region[1][16, 16 + 4 + 5]
+
+
+def test_weight_stats_scores_inside_the_region_and_the_mass_left_on_corrupted_pixels() -> None:
+    stats = WeightStats(0)
+    wrong = torch.tensor([[True, False, False, False]])
+    region = torch.tensor([[True, True, False, False]])
+    # the weight ranks the far (outside-region) clean pixels below the corrupted one: the
+    # all-pixel AUROC is 1/3, the region AUROC (corrupted vs its clean neighbour) is 1
+    stats.add(torch.tensor([[0.5, 1.0, 0.0, 0.0]]), wrong, region, budget=100)
+    s = stats.summary()
+    assert s["weight_auroc"] == pytest.approx(1 / 3)
+    assert s["weight_auroc_region"] == 1.0
+    assert s["weight_mass_corrupted"] == pytest.approx(0.5 / 1.5)
+    assert s["corrupted_share"] == 0.25
+
+
+def oracle(**options: object) -> noisyseg.Reweighter:
+    return Registry(build_plugin_manager()).build("reweighter", "oracle", dict(options))
+
+
+def test_oracle_drops_exactly_the_wrong_labels() -> None:
+    run = cpu_run_context(2)
+    assert run.clean_labels is not None
+    r = oracle(normalise=False)
+    r.setup(run)
+    index = torch.tensor([3, 5])
+    labels = run.clean_labels[index].clone()
+    labels[0, :2] = 1 - labels[0, :2]  # two wrong rows
+    loss = torch.rand(labels.shape)
+    ctx = StepContext(model=None, optimizer=None, images=None, labels=labels, logits=None,
+                      loss_map=loss, step=0, epoch=0, index=index)
+    w = r.weigh(ctx)
+    assert torch.equal(w == 0, labels != run.clean_labels[index])
+    normalised = oracle()
+    normalised.setup(run)
+    assert normalised.weigh(ctx).mean().item() == pytest.approx(1.0)
+
+
+def test_oracle_refuses_a_run_whose_truth_is_unknown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs the clean training masks"):
+        noisyseg.run(TINY, reweighter={"name": "oracle"}, noise={"name": "dilation", "rate": 0.0},
+                     output={"dir": str(tmp_path / "x")}, progress=False)
+
+
+def test_oracle_run_logs_perfect_detection_and_the_final_scores(tmp_path: Path) -> None:
+    result = noisyseg.run(TINY, reweighter={"name": "oracle"}, output={"dir": str(tmp_path / "o")},
+                          progress=False)
+    m = result.metrics
+    assert m["weight_auroc"] == 1.0 and m["weight_auroc_region"] == 1.0
+    assert m["weight_mass_corrupted"] == 0.0 and m["corrupted_share"] > 0
+
+
+def test_init_from_starts_from_the_other_runs_weights(tmp_path: Path) -> None:
+    first = noisyseg.run(TINY, output={"dir": str(tmp_path / "a")}, progress=False)
+    # a step of lr ~0 leaves the weights where init_from put them
+    second = noisyseg.run(TINY, train={"epochs": 1, "batch_size": 8, "lr": 1e-12, "meta_only": True,
+                                       "init_from": str(tmp_path / "a")},
+                          output={"dir": str(tmp_path / "b")}, progress=False)
+    for (name, p), q in zip(first.model.state_dict().items(), second.model.state_dict().values(),
+                            strict=True):
+        if p.is_floating_point() and "running" not in name:
+            assert torch.allclose(p, q, atol=1e-6), name
+    with pytest.raises(ConfigError, match="not found"):
+        noisyseg.run(TINY, train={"init_from": str(tmp_path / "missing")},
+                     output={"dir": str(tmp_path / "c")}, progress=False)
+    with pytest.raises(ConfigError, match="do not fit this backbone"):
+        noisyseg.run(TINY, backbone={"name": "unet", "options": {"base_channels": 8, "depth": 2}},
+                     train={"init_from": str(tmp_path / "a")}, output={"dir": str(tmp_path / "d")},
+                     progress=False)
+
+
+def _accuracy_module():  # benchmarks/ is not a package
+    spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recovery_is_measured_on_the_none_to_clean_gap() -> None:
+    acc = _accuracy_module()
+    rows = [{"dataset": "d", "rate": r, "method": m, "seed": s, "dice": v}
+            for (r, m, s, v) in [(0.0, "clean", 0, 0.9), (0.0, "clean", 1, 0.8),
+                                 (0.4, "none", 0, 0.7), (0.4, "none", 1, 0.6),
+                                 (0.4, "oracle", 0, 0.85), (0.4, "oracle", 1, 0.7)]]
+    rec, sd = acc.recovery(rows, "d", 0.4, "oracle")
+    assert rec == pytest.approx(0.625)  # (0.775 - 0.65) / (0.85 - 0.65)
+    assert sd == pytest.approx(np.std([0.75, 0.5], ddof=1))
+    assert math.isnan(acc.recovery(rows, "d", 0.4, "mcpm")[0])
+
+
+def test_accuracy_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    acc = _accuracy_module()
+    import sys
+
+    argv = ["accuracy.py", "--preset", "smoke", "--datasets", "synthetic", "--rates", "0.4",
+            "--seeds", "0", "--methods", "clean", "none", "oracle", "finetune", "--out", str(tmp_path)]
+    old, sys.argv = sys.argv, argv
+    try:
+        acc.main()
+    finally:
+        sys.argv = old
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("best=") and "oracle_recovery_r04=" in last
+    assert len(acc.read_rows(tmp_path / "results.csv")) == 4
