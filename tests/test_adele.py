@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from noisyseg_adele import early_learning_ended
 
 import noisyseg
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.testing import cpu_run_context
-from noisyseg_adele import early_learning_ended
 
 
 def test_a_plateau_ends_early_learning_and_a_steady_rise_does_not() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from noisyseg_gce import label_probability
 
 from noisyseg import Registry, StepContext, build_plugin_manager
 from noisyseg.losses import per_pixel_loss
-from noisyseg_gce import label_probability
 
 
 @pytest.mark.parametrize("channels", [1, 3])
