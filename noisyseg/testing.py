@@ -62,6 +62,17 @@ def random_masks(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarr
     return masks
 
 
+def label_fields(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Smooth random integer masks (n, size, size) in which every class holds 1/num_classes of
+    each mask's pixels (quantile cuts of filtered noise): for comparing metrics."""
+    from scipy import ndimage
+
+    noise = np.random.default_rng(seed).normal(size=(n, size, size))
+    fields = ndimage.gaussian_filter(noise, (0, 1.5, 1.5))
+    cuts = np.quantile(fields, np.linspace(0, 1, num_classes + 1)[1:-1], axis=(1, 2))  # (K-1, n)
+    return (fields[:, None] > cuts.T[:, :, None, None]).sum(axis=1)
+
+
 def monai_metrics(preds: np.ndarray, truths: np.ndarray, num_classes: int) -> dict[str, float]:
     """MONAI's Dice, IoU, HD and HD95 under the keys of :func:`noisyseg.metrics.evaluate`, as a
     reference: background left out, ``reduction="mean"`` for the headline (the mean over images
