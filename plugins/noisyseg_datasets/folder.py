@@ -153,7 +153,7 @@ class FolderDataset(Dataset):
             img_arr, mask_arr = read_array(images[key]), read_array(masks[key])
             mask_name = str(masks[key].relative_to(root))
             check_finite(img_arr, str(images[key].relative_to(root)))
-            values[mask_name] = set(np.unique(to_mask(mask_arr, mask_name)).tolist())
+            values[mask_name] = set()
             img_samples = _as_samples(img_arr, images[key], is_mask=False)
             mask_samples = _as_samples(mask_arr, masks[key], is_mask=True)
             if len(img_samples) != len(mask_samples) or img_samples[0].shape[:2] != mask_samples[0].shape[:2]:
@@ -172,6 +172,7 @@ class FolderDataset(Dataset):
                     )
                 xs.append(x)
                 ys.append(y)
+                values[mask_name].update(np.unique(y).tolist())
         return np.stack(xs), np.stack(ys), values
 
     def load(self, seed: int) -> Splits:
