@@ -100,7 +100,7 @@ def test_a_false_positive_class_scores_zero() -> None:
 
 def test_absent_classes_no_longer_flatter_the_headline() -> None:
     """Labels 0..3, one foreground class per image, a model that finds class 1 only: Dice 1/3
-    (each image's one class), where scoring absent classes 1 gave (1 + 1/3 + 1/3) / 3 = 5/9."""
+    (each image's one class), where scoring absent classes 1 gave (1 + 2/3 + 2/3) / 3 = 7/9."""
     truth = np.zeros((3, 4, 4), np.int64)
     for c in (1, 2, 3):
         truth[c - 1, :2, :2] = c
