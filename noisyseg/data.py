@@ -7,6 +7,7 @@ the corruption of one image does not depend on the others.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from scipy import ndimage
 
 from noisyseg.components import NoiseModel, Split, Splits
-from noisyseg.errors import DataError
+from noisyseg.errors import DataError, DataWarning
 
 
 @dataclass
@@ -139,7 +140,9 @@ def build_train_set(
 
 
 def check_splits(splits: Splits, source: str) -> None:
-    """Fail clearly when a dataset returns splits the engine cannot train on."""
+    """Fail clearly when a dataset returns splits the engine cannot train on (wrong shapes, labels
+    out of range, NaN or infinite pixels); warn (:class:`DataWarning`, one line per split) about
+    constant images and masks without foreground."""
     for name in ("train", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"dataset '{source}' has an empty {name} split")
@@ -162,6 +165,33 @@ def check_splits(splits: Splits, source: str) -> None:
             raise DataError(
                 f"dataset '{source}' {name} split holds labels outside [0, {splits.num_classes})"
             )
+        _check_pixels(split, f"dataset '{source}' {name} split")
+
+
+def _numbers(indices: np.ndarray) -> str:
+    shown = ", ".join(f"#{i}" for i in indices[:5].tolist())
+    return f"{shown}, ..." if len(indices) > 5 else shown
+
+
+def _check_pixels(split: Split, where: str) -> None:
+    """NaN or infinite pixels are an error; constant images and empty masks a warning.
+
+    Shape:
+        split.images - (N, C, H, W); split.masks - (N, H, W)
+    """
+    images = split.images.reshape(len(split), -1)
+    finite = np.isfinite(images)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        pixel = tuple(int(k) for k in np.unravel_index(j, split.images.shape[1:]))
+        raise DataError(f"{where}: image #{i} holds a non-finite pixel value ({images[i, j]} at "
+                        f"(channel, row, column) {pixel}); fix or remove that image")
+    constant = np.flatnonzero(images.min(axis=1) == images.max(axis=1))
+    empty = np.flatnonzero(split.masks.reshape(len(split), -1).max(axis=1) == 0)
+    found = [f"{len(ix)} {what}{'s' * (len(ix) > 1)} ({_numbers(ix)})"
+             for ix, what in ((constant, "constant image"), (empty, "empty mask")) if len(ix)]
+    if found:
+        warnings.warn(f"{where}: {', '.join(found)}", DataWarning, stacklevel=3)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -26,6 +26,10 @@ class CheckpointError(NoisysegError):
     """A checkpoint is missing, unreadable or does not fit the run it should resume."""
 
 
+class DataWarning(UserWarning):
+    """A dataset holds something suspicious but usable: constant images, masks without foreground."""
+
+
 class NumericalError(NoisysegError):
     """The loss became NaN or infinite."""
 

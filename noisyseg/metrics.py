@@ -1,14 +1,35 @@
 """Segmentation metrics per image, averaged over images: Dice, IoU, HD and HD95 (pixels).
 
-Empty-mask conventions (per image and per foreground class):
+Which classes count (per image and per foreground class c; background is never scored):
 
-* prediction and truth both empty: Dice = IoU = 1, HD = HD95 = 0 (nothing to find, nothing found);
-* exactly one of them empty: Dice = IoU = 0 and HD = HD95 = the image diagonal, the largest
+* c absent from both prediction and truth: nothing to find, nothing found; the class is left out
+  of that image (NaN), not scored 1 (Dice) or 0 (distances), which would flatter a model on
+  every image that does not hold c;
+* c in exactly one of them: Dice = IoU = 0 and HD = HD95 = the image diagonal, the largest
   distance possible in that image (a finite penalty, so means stay defined).
+
+The headline value of a metric is the mean over images of each image's mean over the foreground
+classes that count in it; an image where no class counts does not count either, and when nothing
+counts at all the headline is NaN. For K > 2 classes, ``dice_class{c}`` (and ``iou_``, ``hd_``,
+``hd95_``) is the mean over the images where class c counts.
 
 Hausdorff distances are measured between the masks' boundary pixels (a foreground pixel with a
 background 4-neighbour, or on the image border) with scipy's Euclidean distance transform.
-HD95 is the larger of the two directed 95th percentiles (the convention of MONAI and medpy).
+HD95 is the larger of the two directed 95th percentiles (linear interpolation).
+
+Against MONAI 1.6 (``DiceMetric``, ``MeanIoU`` and ``HausdorffDistanceMetric`` with
+``include_background=False`` and their default ``ignore_empty=True``), checked in
+tests/test_metrics.py and benchmarks/own_data.py:
+
+* the boundaries are the same pixels: ``get_mask_edges`` crops to the union's bounding box with a
+  1-pixel zero margin and takes ``mask ^ binary_erosion(mask)`` (scipy's cross, border 0);
+* MONAI rounds the distances to float32 and takes HD95 with ``torch.quantile`` in float32 (where
+  0.95 is 0.949999988), so its HD95 differed from ours by up to 1.4e-6 relative in our checks
+  (4.9e-6 px on 64x64 masks, under 1e-6 px on 10x10 ones); our boundary distances put through
+  the same float32 steps gave its values exactly;
+* the one difference in convention: a class absent from the truth is NaN in MONAI whatever the
+  prediction, while here a class found only in the prediction scores Dice = IoU = 0 and
+  HD = HD95 = the diagonal (MONAI: infinite distance) - a false positive costs something.
 """
 
 from __future__ import annotations
@@ -26,14 +47,14 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 
 def hausdorff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(HD, HD95) between two boolean masks, with the empty-mask conventions above.
+    """(HD, HD95) between two boolean masks, with the conventions above: NaN when both are empty.
 
     Shape:
         a, b - (H, W) bool
     """
     a_any, b_any = bool(a.any()), bool(b.any())
     if not a_any and not b_any:
-        return 0.0, 0.0
+        return math.nan, math.nan
     if not (a_any and b_any):
         diag = math.hypot(*a.shape)
         return diag, diag
@@ -46,7 +67,7 @@ def hausdorff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(Dice, IoU) of two boolean masks; both empty gives (1, 1).
+    """(Dice, IoU) of two boolean masks; NaN when both are empty.
 
     Shape:
         a, b - (H, W) bool (any shape works)
@@ -54,27 +75,38 @@ def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     inter = np.logical_and(a, b).sum()
     total = a.sum() + b.sum()
     if total == 0:
-        return 1.0, 1.0
+        return math.nan, math.nan
     return float(2 * inter / total), float(inter / (total - inter))
 
 
-def image_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """Metrics of one image per foreground class.
+def image_metrics(
+    pred: np.ndarray, truth: np.ndarray, num_classes: int, distances: bool = True
+) -> np.ndarray:
+    """Metrics of one image per foreground class; NaN rows for the classes left out.
 
     Shape:
-        pred, truth - (H, W) integer labels; returns (num_classes - 1, 4) in METRICS order
+        pred, truth - (H, W) integer labels; returns (num_classes - 1, 4) in METRICS order, or
+        (num_classes - 1, 2) (Dice, IoU) without ``distances``
     """
     rows = []
     for c in range(1, num_classes):
         p, t = pred == c, truth == c
-        rows.append((*overlap(p, t), *hausdorff(p, t)))
+        rows.append((*overlap(p, t), *hausdorff(p, t)) if distances else overlap(p, t))
     return np.asarray(rows, dtype=np.float64)
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of the non-NaN values along ``axis``; NaN (and no warning) where there are none."""
+    counted = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counted, values, 0).sum(axis) / counted.sum(axis)
 
 
 def evaluate(
     preds: np.ndarray, truths: np.ndarray, num_classes: int, distances: bool = True
 ) -> dict[str, float]:
-    """Mean metrics over images (and foreground classes); per-class means for K > 2.
+    """Headline metrics (mean over images of the mean over the foreground classes that count)
+    and, for K > 2, per-class means; NaN where nothing counts (see the module docstring).
 
     Args:
         distances: also compute HD and HD95 (slower than the overlaps).
@@ -84,21 +116,16 @@ def evaluate(
     """
     if preds.shape != truths.shape:
         raise ValueError(f"prediction shape {preds.shape} != truth shape {truths.shape}")
-    per_image = []
-    for p, t in zip(preds, truths, strict=True):
-        if distances:
-            per_image.append(image_metrics(p, t, num_classes))
-        else:
-            rows = [overlap(p == c, t == c) for c in range(1, num_classes)]
-            per_image.append(np.asarray(rows, dtype=np.float64))
-    table = np.stack(per_image)  # (N, K-1, M)
+    table = np.stack([image_metrics(p, t, num_classes, distances)
+                      for p, t in zip(preds, truths, strict=True)])  # (N, K-1, M)
     names = METRICS if distances else METRICS[:2]
-    means = table.mean(axis=0)  # (K-1, M)
-    out = {name: float(means[:, j].mean()) for j, name in enumerate(names)}
+    headline = _nanmean(_nanmean(table, axis=1), axis=0)  # (M,)
+    out = {name: float(headline[j]) for j, name in enumerate(names)}
     if num_classes > 2:
+        per_class = _nanmean(table, axis=0)  # (K-1, M)
         for c in range(1, num_classes):
             for j, name in enumerate(names):
-                out[f"{name}_class{c}"] = float(means[c - 1, j])
+                out[f"{name}_class{c}"] = float(per_class[c - 1, j])
     return out
 
 

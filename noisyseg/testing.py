@@ -11,6 +11,7 @@ given) and raises AssertionError with a readable message when the contract is br
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,50 @@ def random_masks(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarr
             r = rng.uniform(size * 0.1, size * 0.25)
             masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
     return masks
+
+
+def label_fields(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Smooth random integer masks (n, size, size) in which every class holds 1/num_classes of
+    each mask's pixels (quantile cuts of filtered noise): for comparing metrics."""
+    from scipy import ndimage
+
+    noise = np.random.default_rng(seed).normal(size=(n, size, size))
+    fields = ndimage.gaussian_filter(noise, (0, 1.5, 1.5))
+    cuts = np.quantile(fields, np.linspace(0, 1, num_classes + 1)[1:-1], axis=(1, 2))  # (K-1, n)
+    return (fields[:, None] > cuts.T[:, :, None, None]).sum(axis=1)
+
+
+def monai_metrics(preds: np.ndarray, truths: np.ndarray, num_classes: int) -> dict[str, float]:
+    """MONAI's Dice, IoU, HD and HD95 under the keys of :func:`noisyseg.metrics.evaluate`, as a
+    reference: background left out, ``reduction="mean"`` for the headline (the mean over images
+    of each image's mean over the classes that count) and ``"mean_batch"`` per class. Needs
+    ``monai`` (a test dependency). Agrees with ``evaluate`` where every class is in every truth.
+
+    Shape:
+        preds, truths - (N, H, W) integer labels
+    """
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
+
+    def one_hot(labels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.eye(num_classes, dtype=np.float32)[labels]).permute(0, 3, 1, 2)
+
+    y_pred, y = one_hot(preds), one_hot(truths)
+    metrics = {
+        "dice": DiceMetric(include_background=False),
+        "iou": MeanIoU(include_background=False),
+        "hd": HausdorffDistanceMetric(include_background=False),
+        "hd95": HausdorffDistanceMetric(include_background=False, percentile=95),
+    }
+    out: dict[str, float] = {}
+    for name, metric in metrics.items():
+        with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes itself
+            warnings.simplefilter("ignore", FutureWarning)
+            metric(y_pred, y)
+        out[name] = float(metric.aggregate("mean"))
+        if num_classes > 2:
+            for c, value in enumerate(metric.aggregate("mean_batch").tolist(), start=1):
+                out[f"{name}_class{c}"] = value
+    return out
 
 
 def check_backbone(cls: type[Backbone], options: dict[str, Any] | None = None) -> None:

@@ -19,8 +19,8 @@ def registry() -> Registry:
     return Registry(build_plugin_manager())
 
 
-def write_folder_dataset(root: Path, n: int = 10, size: int = 24, seed: int = 0) -> Path:
-    """A small folder dataset: PNG images, 0/255 PNG masks."""
+def write_folder_dataset(root: Path, n: int = 10, size: int = 24, seed: int = 0, fg: int = 255) -> Path:
+    """A small folder dataset: PNG images, PNG masks of 0 and ``fg``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -32,7 +32,7 @@ def write_folder_dataset(root: Path, n: int = 10, size: int = 24, seed: int = 0)
         mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= 16).astype(np.uint8)
         image = (rng.uniform(0, 80, (size, size)) + 150 * mask).astype(np.uint8)
         Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
-        Image.fromarray(mask * 255).save(root / "masks" / f"case{i:02d}.png")
+        Image.fromarray(mask * fg).save(root / "masks" / f"case{i:02d}.png")
     return root
 
 

@@ -6,6 +6,9 @@ manager is swapped for one that also holds the throwaway plugin.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +19,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 import noisyseg.engine
-from noisyseg import Backbone, build_plugin_manager, hookimpl
+from noisyseg import Backbone, DataError, DataWarning, Split, Splits, build_plugin_manager, hookimpl
 from noisyseg.cli import cli
+from noisyseg.data import check_splits
 from noisyseg.testing import tiny_run_config
 from tests.conftest import write_folder_dataset
 
@@ -38,7 +42,7 @@ def _mismatched_sizes(root: Path) -> None:
 
 
 def _label_out_of_range(root: Path) -> None:
-    write_folder_dataset(root, n=6)
+    write_folder_dataset(root, n=6, fg=1)
     Image.fromarray(np.full((24, 24), 7, np.uint8)).save(root / "masks" / "case01.png")
 
 
@@ -46,6 +50,21 @@ def _non_integer_mask(root: Path) -> None:
     write_folder_dataset(root, n=6)
     (root / "masks" / "case01.png").unlink()
     np.save(root / "masks" / "case01.npy", np.full((24, 24), 0.5))
+
+
+def _anti_aliased_mask(root: Path) -> None:
+    write_folder_dataset(root, n=6)
+    mask = np.asarray(Image.open(root / "masks" / "case04.png")).copy()
+    mask[0, :2] = 128, 254
+    Image.fromarray(mask).save(root / "masks" / "case04.png")
+
+
+def _nan_image(root: Path) -> None:
+    write_folder_dataset(root, n=6)
+    (root / "images" / "case02.png").unlink()
+    image = np.zeros((24, 24), np.float32)
+    image[3, 4] = np.nan
+    np.save(root / "images" / "case02.npy", image)
 
 
 def _empty_folder(root: Path) -> None:
@@ -66,8 +85,13 @@ CASES = {
     "image and mask sizes differ": (lambda r: _folder(r, _mismatched_sizes), "differ in size"),
     "label outside the class range": (lambda r: [*_folder(r, _label_out_of_range), "--set",
                                                  "dataset.options.num_classes=3"],
-                                      "hold label 7, outside the class range 0..2"),
+                                      "mask masks/case01.png holds label 7 outside the class range 0..2"),
     "non-integer mask": (lambda r: _folder(r, _non_integer_mask), "holds non-integer values"),
+    "anti-aliased mask": (lambda r: _folder(r, _anti_aliased_mask),
+                          "mask masks/case04.png holds values 128, 254 besides 0 and 255"),
+    "NaN in an image": (lambda r: _folder(r, _nan_image),
+                        "image images/case02.npy holds 1 non-finite pixel value(s), the first nan at "
+                        "index (3, 4)"),
     "empty dataset folder": (lambda r: _folder(r, _empty_folder), "no images found"),
     "missing dataset folder": (lambda r: _folder(r, lambda p: None), "does not exist"),
     "meta method without a meta set": (lambda r: [*TINY, "--reweighter", "mcpm", "--set",
@@ -92,6 +116,45 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, case: str) -> 
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", *args(tmp_path / "data"), "--out", str(out)])
     _check_one_line_error(result, expected, out)
+
+
+def _splits(images: np.ndarray, masks: np.ndarray) -> Splits:
+    """The same images and masks as train and test split."""
+    return Splits(train=Split(images, masks), meta=Split(images[:0], masks[:0]),
+                  test=Split(images, masks), num_classes=2)
+
+
+def test_any_dataset_with_non_finite_pixels_is_an_error() -> None:
+    images, masks = np.zeros((3, 2, 4, 4), np.float32), np.ones((3, 4, 4), np.int64)
+    images[1, 1, 2, 3] = np.inf
+    with pytest.raises(DataError, match=r"^dataset 'mine' train split: image #1 holds a non-finite pixel "
+                       r"value \(inf at \(channel, row, column\) \(1, 2, 3\)\); fix or remove that image$"):
+        check_splits(_splits(images, masks), "mine")
+
+
+def test_constant_images_and_empty_masks_are_counted_per_split() -> None:
+    images = np.random.default_rng(0).random((8, 1, 4, 4)).astype(np.float32)
+    masks = np.ones((8, 4, 4), np.int64)
+    images[[1, 6]] = 0.5
+    masks[[0, 2, 3, 4, 5, 7]] = 0
+    with pytest.warns(DataWarning) as caught:
+        check_splits(_splits(images, masks), "mine")
+    assert [str(w.message) for w in caught] == [
+        f"dataset 'mine' {split} split: 2 constant images (#1, #6), 6 empty masks (#0, #2, #3, #4, #5, ...)"
+        for split in ("train", "test")
+    ]
+
+
+def test_the_command_line_shows_a_data_warning_as_one_line(tmp_path: Path) -> None:
+    root = write_folder_dataset(tmp_path / "data", n=6)
+    Image.fromarray(np.full((24, 24), 9, np.uint8)).save(root / "images" / "case03.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "noisyseg", "run", *_folder(root, lambda r: None), *TINY[-4:],
+         "--batch-size", "2", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["Warning: dataset 'folder' test split: 1 constant image (#0)"]
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noisyseg import DataError, Registry
+from noisyseg import ConfigError, DataError, Registry
+from noisyseg.config import parse_assignment
 from tests.conftest import write_folder_dataset
 
 
@@ -98,13 +99,116 @@ def test_folder_size_and_label_errors(registry: Registry, tmp_path: Path) -> Non
     with pytest.raises(DataError, match="differ in size"):
         _folder(registry, root).load(0)
 
-    root = write_folder_dataset(tmp_path / "b", n=4)
+    root = write_folder_dataset(tmp_path / "b", n=4, fg=1)
     Image.fromarray(np.full((24, 24), 7, np.uint8)).save(root / "masks" / "case01.png")
-    with pytest.raises(DataError, match=r"label 7, outside the class range 0..2"):
+    with pytest.raises(DataError, match=r"mask masks/case01.png holds label 7 outside the class range 0..2"):
         _folder(registry, root, num_classes=3).load(0)
 
     root = write_folder_dataset(tmp_path / "c", n=4)
     (root / "masks" / "case01.png").unlink()
     np.save(root / "masks" / "case01.npy", np.full((24, 24), 0.5))
     with pytest.raises(DataError, match="non-integer values"):
+        _folder(registry, root).load(0)
+
+
+def _anti_alias(root: Path, name: str = "case03") -> None:
+    """Give one 0/255 mask an anti-aliased edge: a pixel of 128 and one of 254."""
+    from PIL import Image
+
+    path = root / "masks" / f"{name}.png"
+    mask = np.asarray(Image.open(path)).copy()
+    mask[0, 0], mask[0, 1] = 128, 254
+    Image.fromarray(mask).save(path)
+
+
+def _write_masks(root: Path, masks: list[np.ndarray]) -> Path:
+    """A folder dataset of .npy images and the given masks."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i, mask in enumerate(masks):
+        np.save(root / "images" / f"m{i}.npy", rng.normal(size=mask.shape).astype(np.float32))
+        np.save(root / "masks" / f"m{i}.npy", mask)
+    return root
+
+
+def test_one_anti_aliased_mask_is_an_error_naming_it(registry: Registry, folder_dataset: Path) -> None:
+    _anti_alias(folder_dataset)
+    with pytest.raises(DataError, match=(
+        r"^mask masks/case03.png holds values 128, 254 besides 0 and 255 \(used by the other masks\); "
+        r"set dataset.options.mask_threshold=127 to binarise, "
+        r"dataset.options.mask_values='\{0: 0, 255: 1\}'-style map, "
+        r"or dataset.options.num_classes for labelled masks$")):
+        _folder(registry, folder_dataset).load(0)
+
+
+def test_many_odd_masks_are_listed_up_to_five(registry: Registry, tmp_path: Path) -> None:
+    root = write_folder_dataset(tmp_path / "d", n=20)
+    for i in range(7):
+        _anti_alias(root, f"case{i:02d}")
+    with pytest.raises(DataError, match=r"^masks masks/case00.png \(128, 254\), masks/case01.png "
+                       r"\(128, 254\), .*masks/case04.png \(128, 254\) and 2 more hold values besides 0 "):
+        _folder(registry, root).load(0)
+
+
+def test_labels_with_a_gap_are_an_error(registry: Registry, tmp_path: Path) -> None:
+    root = _write_masks(tmp_path / "d", [np.array([[0, 1], [3, 3]])] * 3)
+    with pytest.raises(DataError, match=r"the masks hold values 0, 1, 3: neither two values"):
+        _folder(registry, root).load(0)
+
+
+@pytest.mark.parametrize("low_high", [(0, 1000), (0, 1), (3, 7)])
+def test_masks_of_any_two_values_are_binary(registry: Registry, tmp_path: Path,
+                                           low_high: tuple[int, int]) -> None:
+    low, high = low_high
+    root = _write_masks(tmp_path / "d", [np.array([[low, high], [high, high]])] * 4 + [np.full((2, 2), low)])
+    s = _folder(registry, root).load(0)
+    masks = np.concatenate([s.train.masks, s.meta.masks, s.test.masks])
+    assert s.num_classes == 2 and masks.sum() == 4 * 3
+
+
+def test_labels_0_to_3_in_all_masks_are_four_classes(registry: Registry, tmp_path: Path) -> None:
+    masks = [np.array([[0, 1], [2, 3]]), np.array([[0, 0], [3, 3]]), np.array([[0, 2], [2, 2]])] * 2
+    s = _folder(registry, _write_masks(tmp_path / "d", masks)).load(0)
+    assert s.num_classes == 4
+    assert set(np.unique(np.concatenate([s.train.masks, s.test.masks]))) == {0, 1, 2, 3}
+
+
+def test_mask_threshold_binarises(registry: Registry, folder_dataset: Path) -> None:
+    _anti_alias(folder_dataset)
+    s = _folder(registry, folder_dataset, mask_threshold=127, test_fraction=0.1, meta_fraction=0).load(0)
+    assert s.num_classes == 2
+    masks = np.concatenate([s.train.masks, s.test.masks])
+    assert set(np.unique(masks)) == {0, 1}
+    assert sum(int((m[0, :2] == 1).all()) for m in masks) >= 1     # 128 and 254 are foreground
+
+
+def test_mask_values_map_and_unmapped_value(registry: Registry, folder_dataset: Path) -> None:
+    _anti_alias(folder_dataset)
+    mapping = parse_assignment("mask_values={0: 0, 255: 1, 254: 1, 128: 0}")   # as --set reads it
+    s = _folder(registry, folder_dataset, **mapping).load(0)
+    assert s.num_classes == 2
+    with pytest.raises(DataError, match=r"^mask masks/case03.png holds value 128 that "
+                       r"dataset.options.mask_values does not map; add them to the map$"):
+        _folder(registry, folder_dataset, mask_values={"0": 0, "255": 1, "254": 1}).load(0)
+
+
+def test_mask_options_are_checked(registry: Registry, folder_dataset: Path) -> None:
+    with pytest.raises(ConfigError, match="set mask_threshold or mask_values, not both"):
+        _folder(registry, folder_dataset, mask_threshold=127, mask_values={0: 0, 255: 1})
+    with pytest.raises(ConfigError, match=r"mask_values must map mask values to classes 0..1"):
+        _folder(registry, folder_dataset, mask_values={0: 0, 255: 2}, num_classes=2)
+
+
+def test_num_classes_two_reads_two_values_as_binary(registry: Registry, folder_dataset: Path) -> None:
+    assert _folder(registry, folder_dataset, num_classes=2).load(0).num_classes == 2
+
+
+def test_non_finite_image_is_an_error_naming_file_and_pixel(registry: Registry, tmp_path: Path) -> None:
+    root = _write_masks(tmp_path / "d", [np.array([[0, 1], [1, 1]])] * 4)
+    image = np.zeros((2, 2), np.float32)
+    image[1, 0] = np.nan
+    np.save(root / "images" / "m2.npy", image)
+    with pytest.raises(DataError, match=r"^image images/m2.npy holds 1 non-finite pixel value\(s\), "
+                       r"the first nan at index \(1, 0\); replace them"):
         _folder(registry, root).load(0)

@@ -49,7 +49,9 @@ def test_every_metric_takes_degenerate_masks(pred: list[np.ndarray], truth: list
     result = evaluate(np.stack(pred), np.stack(truth), 3, distances=True)
     diagonal = math.hypot(SIZE, SIZE)
     for key, value in result.items():
-        assert math.isfinite(value), key
+        assert not math.isinf(value), key
+        if math.isnan(value):   # nothing to score: the class is in no prediction and no truth
+            continue
         if key.startswith(("dice", "iou")):
             assert 0 <= value <= 1, key
         if key.startswith("hd"):

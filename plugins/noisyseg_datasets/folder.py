@@ -8,8 +8,10 @@ Layout (``root`` is required)::
 
 Images and masks pair up by file name without extension. Formats: PNG, JPEG, BMP, TIFF (Pillow),
 NPY (NumPy) and NIfTI (.nii / .nii.gz, nibabel; a 3-D volume becomes one sample per axial slice).
-Masks hold integer labels 0..num_classes-1; a mask of only 0 and 255 is read as binary.
-Integer images are scaled by their type's maximum; float images are used as they are.
+Masks hold integers: two values in all (0/255, 0/1, ...) are background and foreground, labels
+0..K-1 are K classes, anything else is an error unless an option says what the values mean (see
+:mod:`noisyseg_datasets.masks`). Integer images are scaled by their type's maximum; float images
+are used as they are, and a NaN or infinite pixel is an error naming the file and the pixel.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from noisyseg import DataError, Dataset, Split, Splits
+from noisyseg_datasets.masks import apply_map, class_map
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 
@@ -72,18 +75,24 @@ def to_image(array: np.ndarray) -> np.ndarray:
     return scaled[None] if scaled.ndim == 2 else np.moveaxis(scaled, -1, 0)
 
 
-def to_mask(array: np.ndarray, path: Path) -> np.ndarray:
-    """Integer labels; non-integer values are an error, a 0/255 mask becomes 0/1."""
-    if array.dtype == bool:
-        return array.astype(np.int64)
-    if not np.issubdtype(array.dtype, np.integer):
+def check_finite(array: np.ndarray, name: str) -> None:
+    """A NaN or infinite pixel is an error naming the file, the first such pixel and the count."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"image {name} holds {int(bad.sum())} non-finite pixel value(s), the first "
+                        f"{array[index]} at index {index}; replace them (e.g. np.nan_to_num) or "
+                        "remove the image")
+
+
+def to_mask(array: np.ndarray, name: str) -> np.ndarray:
+    """The mask's values as int64; non-integer values are an error."""
+    if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise DataError(f"mask {path} holds non-integer values; masks must hold class labels")
-    labels = array.astype(np.int64)
-    values = np.unique(labels)
-    if len(values) <= 2 and values.max(initial=0) == 255:
-        labels = (labels == 255).astype(np.int64)
-    return labels
+            raise DataError(f"mask {name} holds non-integer values; masks must hold class labels")
+    return array.astype(np.int64)
 
 
 class FolderOptions(BaseModel):
@@ -91,7 +100,11 @@ class FolderOptions(BaseModel):
     root: Path = Field(..., description="folder holding images/ and masks/ (or train/, test/, meta/)")
     images_dir: str = "images"
     masks_dir: str = "masks"
-    num_classes: int | None = Field(None, ge=2, description="default: largest label + 1 (at least 2)")
+    num_classes: int | None = Field(None, ge=2, description="default: read from the mask values")
+    mask_threshold: float | None = Field(None, description="binary masks: label = value > threshold")
+    mask_values: dict[int, int] | None = Field(
+        None, description="each mask value's class, e.g. {0: 0, 255: 1}; other values are an error"
+    )
     meta_fraction: float = Field(0.1, ge=0, lt=1, description="when there are no split folders")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="when there are no split folders")
     split_seed: int = 0
@@ -100,6 +113,12 @@ class FolderOptions(BaseModel):
     def _check(self) -> FolderOptions:
         if self.meta_fraction + self.test_fraction >= 1:
             raise ValueError("meta_fraction + test_fraction must be < 1")
+        if self.mask_threshold is not None and self.mask_values is not None:
+            raise ValueError("set mask_threshold or mask_values, not both")
+        if self.mask_values is not None:
+            top = (self.num_classes or max(max(self.mask_values.values(), default=0) + 1, 2)) - 1
+            if not self.mask_values or not all(0 <= c <= top for c in self.mask_values.values()):
+                raise ValueError(f"mask_values must map mask values to classes 0..{top}")
         return self
 
 
@@ -109,8 +128,10 @@ class FolderDataset(Dataset):
     name = "folder"
     Options = FolderOptions
 
-    def read_pairs(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked."""
+    def read_pairs(self, folder: Path, root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]]]:
+        """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked: images
+        (N, C, H, W) float32, the masks' raw values (N, H, W) int64, and the values each mask file
+        holds (by its name relative to ``root``)."""
         o = self.options
         img_dir, mask_dir = folder / o.images_dir, folder / o.masks_dir
         for d in (img_dir, mask_dir):
@@ -127,9 +148,12 @@ class FolderDataset(Dataset):
                 f"images and masks in {folder} do not pair up by name: {len(unpaired)} without a "
                 f"partner ({shown})"
             )
-        xs, ys, shape, first = [], [], None, None
+        xs, ys, values, shape, first = [], [], {}, None, None
         for key in sorted(images):
             img_arr, mask_arr = read_array(images[key]), read_array(masks[key])
+            mask_name = str(masks[key].relative_to(root))
+            check_finite(img_arr, str(images[key].relative_to(root)))
+            values[mask_name] = set()
             img_samples = _as_samples(img_arr, images[key], is_mask=False)
             mask_samples = _as_samples(mask_arr, masks[key], is_mask=True)
             if len(img_samples) != len(mask_samples) or img_samples[0].shape[:2] != mask_samples[0].shape[:2]:
@@ -138,7 +162,7 @@ class FolderDataset(Dataset):
                     f"{mask_arr.shape} differ in size"
                 )
             for im, m in zip(img_samples, mask_samples, strict=True):
-                x, y = to_image(im), to_mask(m, masks[key])
+                x, y = to_image(im), to_mask(m, mask_name)
                 if shape is None:
                     shape, first = x.shape, images[key].name
                 elif x.shape != shape:
@@ -148,22 +172,26 @@ class FolderDataset(Dataset):
                     )
                 xs.append(x)
                 ys.append(y)
-        return np.stack(xs), np.stack(ys)
+                values[mask_name].update(np.unique(y).tolist())
+        return np.stack(xs), np.stack(ys), values
 
     def load(self, seed: int) -> Splits:
         o = self.options
         root = Path(o.root).expanduser()
         if not root.is_dir():
             raise DataError(f"dataset folder {root} does not exist")
+        values: dict[str, set[int]] = {}
         if (root / "train").is_dir():
             parts = {}
             for name in ("train", "meta", "test"):
                 if (root / name).is_dir():
-                    parts[name] = Split(*self.read_pairs(root / name))
+                    x, y, held = self.read_pairs(root / name, root)
+                    parts[name] = Split(x, y)
+                    values.update(held)
             if "test" not in parts:
                 raise DataError(f"{root} has a train/ folder but no test/ folder")
         else:
-            x, y = self.read_pairs(root)
+            x, y, values = self.read_pairs(root, root)
             order = np.random.default_rng(o.split_seed).permutation(len(x))
             n_test = max(1, round(o.test_fraction * len(x)))
             n_meta = round(o.meta_fraction * len(x))
@@ -175,11 +203,6 @@ class FolderDataset(Dataset):
         if "meta" not in parts:
             train = parts["train"]
             parts["meta"] = Split(train.images[:0], train.masks[:0])
-        top = max(int(p.masks.max(initial=0)) for p in parts.values() if len(p))
-        k = o.num_classes if o.num_classes is not None else max(top + 1, 2)
-        if top >= k:
-            raise DataError(
-                f"masks in {root} hold label {top}, outside the class range 0..{k - 1} "
-                f"(dataset.options.num_classes = {k})"
-            )
+        classes, k = class_map(values, o.num_classes, o.mask_threshold, o.mask_values)
+        parts = {name: Split(p.images, apply_map(p.masks, classes)) for name, p in parts.items()}
         return Splits(**parts, num_classes=k)
