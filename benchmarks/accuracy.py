@@ -10,6 +10,8 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
 - ``clean``: the clean-label ceiling (noise rate 0; the meta images are training images too);
 - ``none``: plain training on the noisy labels, with the clean meta images added to the training
   set (the fair baseline: it sees every label a meta method sees); ``none_nometa`` without them;
+- ``none_select``: ``none_nometa`` that keeps the epoch with the best Dice on the clean meta
+  images (``train.select_on_meta``: early stopping on clean labels);
 - ``oracle``: the reweighting ceiling (weight 0 on exactly the corrupted pixels);
 - ``finetune``: ``none``'s model fine-tuned on the clean meta set alone (``train.init_from`` +
   ``train.meta_only``), lr x 0.1, with a fifth of none's steps, cosine-annealed. Chosen before
@@ -17,7 +19,9 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
 - ``adele``: adaptive early-learning correction (Liu et al. 2022), a label corrector;
 - ``gce``: the generalised cross-entropy loss, q = 0.5 (Zhang & Sabuncu 2018; PyMIC's setting);
 - ``mcpm``: the meta mask net of Wang et al. 2020. On the CPU preset only at r = 0.4: a run costs
-  about 5 plain runs there, and the headline reports it at r = 0.4.
+  about 5 plain runs there, and the headline reports it at r = 0.4;
+- ``relabel``: detection drives correction: ``l2rw`` weights, and the ``relabel`` corrector gives
+  the pixels they keep down-weighting the network's confident prediction.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -42,7 +46,8 @@ from noisyseg.config import merge
 
 HERE = Path(__file__).resolve().parent
 CEILINGS = ("clean", "oracle")
-METHODS = ("clean", "none", "none_nometa", "oracle", "finetune", "adele", "gce", "mcpm")
+METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "finetune", "adele", "gce",
+           "mcpm", "relabel")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU: small patches and a small U-Net, 20 epochs: long enough for the noisy baseline
@@ -90,6 +95,10 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
     """What ``method`` adds to the preset's base config."""
     if method == "none_nometa":
         return {"train": {"train_on_meta": False}}
+    if method == "none_select":
+        return {"train": {"train_on_meta": False, "select_on_meta": True}}
+    if method == "relabel":
+        return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"}}
     if method == "oracle":
         return {"reweighter": {"name": "oracle"}}
     if method == "adele":

@@ -211,6 +211,8 @@ class LabelCorrector(Component):
     kind = "label corrector"
     #: the loop calls :meth:`observe` with each batch's class probabilities when True
     observes_predictions: ClassVar[bool] = False
+    #: the loop calls :meth:`observe_weights` with each batch's reweighter weights when True
+    observes_weights: ClassVar[bool] = False
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
         """Take the noisy training labels (N, H, W) int64, on the CPU."""
@@ -222,6 +224,10 @@ class LabelCorrector(Component):
 
     def observe(self, index: torch.Tensor, probs: torch.Tensor) -> None:
         """See the model's class probabilities (B, K, H, W) for the samples ``index``."""
+
+    def observe_weights(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+        """See the weights (B, H, W) the reweighter gave the samples ``index`` this step (called
+        before :meth:`observe`)."""
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """Update labels at the end of ``epoch``; return metrics to log."""

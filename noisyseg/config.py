@@ -79,6 +79,11 @@ class TrainConfig(_Section):
     meta_only: bool = Field(
         False, description="train on the clean meta images alone (the 'few clean labels' baseline)"
     )
+    select_on_meta: bool = Field(
+        False,
+        description="keep the epoch whose Dice on the clean meta split is best (early stopping on "
+        "clean labels); needs train_on_meta = false, so the meta images are not trained on",
+    )
     init_from: Path | None = Field(
         None,
         description="start from the network weights of this run directory (or checkpoint.pt); "

@@ -188,6 +188,13 @@ def _run_here(
     if cfg.train.batch_size % world.size:
         raise ConfigError(_batch_share_error(cfg.train.batch_size, world.size))
     include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
+    if cfg.train.select_on_meta and (include_meta or cfg.train.meta_only or not len(splits.meta)):
+        raise ConfigError(
+            "train.select_on_meta scores every epoch on the clean meta images, so they must not be "
+            "training images: set train.train_on_meta=false (and not train.meta_only)"
+            if len(splits.meta) else
+            f"train.select_on_meta needs a meta split, and dataset '{cfg.dataset.name}' has none"
+        )
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
                             cfg.train.meta_only)
 

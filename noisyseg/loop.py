@@ -7,6 +7,7 @@ method: the components come in through :class:`noisyseg.engine.Components`.
         L      = per-pixel loss of model(x) vs y      (N, H, W)
         w      = reweighter.weigh(step context)       (N, H, W), detached
         loss   = mean(w * L); backward; optimiser step
+        corrector.observe_weights(index, w)           (if it wants them)
         corrector.observe(index, probabilities)       (if it wants them)
     end of epoch: corrector.end_epoch, lr decay, test evaluation, metrics.jsonl, checkpoint
 
@@ -120,6 +121,8 @@ class Loop:
         self.step = 0
         self.start_epoch = 0
         self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
+        #: with train.select_on_meta: the epoch with the best meta-split Dice and its weights
+        self.best: dict[str, Any] | None = None
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
         index = self.world.shard(index)
@@ -145,6 +148,8 @@ class Loop:
         if out.skipped:
             self.skipped += 1
             return out.loss
+        if self.parts.corrector.observes_weights:
+            self.parts.corrector.observe_weights(index, out.weights.cpu())
         if self.parts.corrector.observes_predictions:
             self.parts.corrector.observe(index, class_probs(out.logits).cpu())
         if self.world.is_main:  # only rank 0 writes the weight statistics
@@ -207,6 +212,8 @@ class Loop:
         if self.world.is_main:
             test = self._evaluate(distances=False)
             record.update({f"test_{k}": v for k, v in test.items()}, seconds=round(seconds, 3))
+            if self.cfg.train.select_on_meta:
+                record["meta_dice"] = self._select(epoch)
         if self.cfg.train.on_nonfinite == "skip":
             record["skipped_steps"], self.skipped = self.skipped, 0
         self.history.append(record)
@@ -230,9 +237,18 @@ class Loop:
             if n else math.nan,
         }
 
-    def _evaluate(self, distances: bool) -> dict[str, float]:
-        preds = predict_all(self.model, torch.from_numpy(self.splits.test.images), self.device)
-        return evaluate(preds, self.splits.test.masks, self.splits.num_classes, distances)
+    def _evaluate(self, distances: bool, split: str = "test") -> dict[str, float]:
+        data = getattr(self.splits, split)
+        preds = predict_all(self.model, torch.from_numpy(data.images), self.device)
+        return evaluate(preds, data.masks, self.splits.num_classes, distances)
+
+    def _select(self, epoch: int) -> float:
+        """Score this epoch on the clean meta split; keep its weights when it is the best so far."""
+        dice = self._evaluate(distances=False, split="meta")["dice"]
+        if self.best is None or dice > self.best["dice"]:
+            self.best = {"epoch": epoch + 1, "dice": dice,
+                         "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        return dice
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -253,6 +269,7 @@ class Loop:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
             "history": self.history,
+            "best": self.best,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -280,6 +297,7 @@ class Loop:
                 f"({message})"
             ) from None
         self.history = list(state["history"])
+        self.best = state.get("best")
         self.step = int(state["step"])
         self.start_epoch = int(state["epoch"])
         if self.world.is_main:
@@ -287,14 +305,20 @@ class Loop:
 
     def finish(self) -> dict[str, float]:
         """Final test metrics (Hausdorff included), metrics.json and the pictures (rank 0; the
-        other processes return no metrics)."""
+        other processes return no metrics). With ``train.select_on_meta`` the model takes the
+        weights of the epoch with the best meta-split Dice first."""
         if not self.world.is_main:
             return {}
+        selected = {}
+        if self.best is not None:  # train.select_on_meta: the best epoch's weights, not the last's
+            self.model.load_state_dict(self.best["model"])
+            selected = {"selected_epoch": self.best["epoch"], "meta_dice": self.best["dice"]}
         final = self._evaluate(distances=True)
         last = self.history[-1] if self.history else {}
         final = {
             **final,
             **{k: v for k, v in last.items() if k.startswith("weight_") or k == "corrupted_share"},
+            **selected,
             "train_label_error_initial": self.train_set.label_error(),
             "train_label_error_final": self.train_set.label_error(self.parts.corrector.store),
             "epochs": len(self.history),

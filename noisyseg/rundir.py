@@ -117,8 +117,8 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 
 def load_weights(path: Path) -> dict[str, Any]:
-    """The network weights saved by a run (``path``: its directory or its checkpoint.pt), for
-    ``train.init_from``; the run may be finished."""
+    """The network weights a run ended with (``path``: its directory or its checkpoint.pt), for
+    ``train.init_from``; with ``train.select_on_meta`` those of its selected epoch."""
     file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"train.init_from: {file} not found "
@@ -131,4 +131,5 @@ def load_weights(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"train.init_from: {file} holds no network weights ('model')")
-    return state["model"]
+    best = state.get("best")
+    return best["model"] if best else state["model"]

@@ -146,3 +146,26 @@ def test_accuracy_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.Captu
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("best=") and "oracle_recovery_r04=" in last
     assert len(acc.read_rows(tmp_path / "results.csv")) == 4
+
+
+def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.train_on_meta=false"):
+        noisyseg.run(TINY, train={"select_on_meta": True}, output={"dir": str(tmp_path / "x")},
+                     progress=False)
+    result = noisyseg.run(TINY, train={"epochs": 4, "batch_size": 8, "select_on_meta": True,
+                                       "train_on_meta": False},
+                          output={"dir": str(tmp_path / "s")}, progress=False)
+    m, history = result.metrics, result.history
+    best = max(range(4), key=lambda i: history[i]["meta_dice"])
+    assert m["selected_epoch"] == best + 1 and m["meta_dice"] == history[best]["meta_dice"]
+    assert m["dice"] == pytest.approx(history[best]["test_dice"], abs=1e-12)
+    # init_from takes the selected weights
+    selected = rundir_weights(tmp_path / "s")
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(selected[k], v.cpu()), k
+
+
+def rundir_weights(path: Path) -> dict[str, torch.Tensor]:
+    from noisyseg.rundir import load_weights
+
+    return load_weights(path)

@@ -25,13 +25,17 @@ METHODS = {
     "plc+coteaching": {"reweighter": {"name": "coteaching", "options": {"num_gradual": 1}},
                        "corrector": {"name": "plc", "options": {"warmup_epochs": 1, "delta": 0.6,
                                                                 "delta_min": 0.6}}},
+    "adele+select_on_meta": {"corrector": {"name": "adele", "options": {"correct_every": 1}},
+                             "train": {"select_on_meta": True, "train_on_meta": False}},
 }
 FINAL_KEYS = ("dice", "iou", "hd", "hd95", "train_label_error_final", "steps", "epochs")
 
 
 def _config(tmp_path: Path, name: str, method: str) -> dict:
-    return tiny_run_config(seed=5, train={"epochs": 3}, noise={"rate": 0.5},
-                           output={"dir": str(tmp_path / name)}, **METHODS[method])
+    extra = dict(METHODS[method])
+    train = {"epochs": 3, **extra.pop("train", {})}
+    return tiny_run_config(seed=5, train=train, noise={"rate": 0.5},
+                           output={"dir": str(tmp_path / name)}, **extra)
 
 
 def _without_seconds(history: list[dict]) -> list[dict]:

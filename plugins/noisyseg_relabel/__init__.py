@@ -1,0 +1,118 @@
+"""``relabel``: detection that drives correction. The pixels a reweighter keeps down-weighting
+are relabelled with the network's prediction.
+
+The meta reweighters find the corrupted pixels well (L2RW's weights rank them with AUROC up to
+0.98) but a zero weight only removes a wrong label; it does not supply the right one. The MCPM
+paper's authors combine their mask net with a label corrector for this reason; this corrector
+makes the link explicit. For every training pixel it keeps
+
+- ``w``: an exponential moving average (``momentum``) of the weight the reweighter gave it, each
+  time its image was trained on (weights normalised to mean 1 per batch, as l2rw and mcpm give
+  them; start 1);
+- the network's latest prediction of it, from the training forward pass.
+
+At the end of every epoch after ``warmup_epochs``, a pixel whose average weight is below
+``threshold`` and whose confident prediction (probability > ``confidence``) differs from its
+current label takes the predicted label; its average weight then starts again at 1. Both
+signals must agree: the weights say "this label hurts the clean meta loss", the network says
+what the label should be. Pair it with a reweighter whose weights carry that information
+(``l2rw``, ``mcpm``); with ``none`` every weight is 1 and nothing is relabelled.
+
+Choices (not from a paper; tested in tests/test_relabel.py): hard labels; the average is over
+the epochs a pixel was seen, not over steps; labels change only at the end of an epoch, and among
+several processes every process applies every process's changes at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from noisyseg import LabelCorrector, RunContext, hookimpl
+
+
+class RelabelOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    warmup_epochs: int = Field(2, ge=0, description="epochs before any relabelling")
+    momentum: float = Field(0.5, ge=0, lt=1, description="of the per-pixel weight average")
+    threshold: float = Field(0.3, gt=0, lt=1, description="relabel pixels whose average weight "
+                                                          "(mean 1) is below this ...")
+    confidence: float = Field(0.5, ge=0, lt=1, description="... when the prediction is surer than this")
+
+
+class RelabelCorrector(LabelCorrector):
+    """Relabel pixels a reweighter keeps down-weighting, with the network's confident prediction."""
+
+    name = "relabel"
+    Options = RelabelOptions
+    options: RelabelOptions
+    observes_predictions = True
+    observes_weights = True
+
+    def setup(self, labels: torch.Tensor, run: RunContext) -> None:
+        """Shape: labels - (N, H, W) int64 noisy training labels."""
+        self.world = run.world
+        dtype = torch.uint8 if run.num_classes <= 256 else torch.int16
+        self.store = labels.to(dtype)
+        self.weight = torch.ones(labels.shape, dtype=torch.float16)
+        self.predicted = torch.zeros_like(self.store)
+        self.confident = torch.zeros(labels.shape, dtype=torch.bool)
+        self.seen = torch.zeros(len(labels), dtype=torch.bool)
+        self.epoch = 0
+
+    def labels(self, index: torch.Tensor) -> torch.Tensor:
+        """Shape: index - (B,); returns (B, H, W) int64."""
+        return self.store[index].long()
+
+    def observe_weights(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+        """Shape: index - (B,); weights - (B, H, W) on the CPU."""
+        m = self.options.momentum
+        self.weight[index] = (m * self.weight[index].float() + (1 - m) * weights.float()).half()
+
+    def observe(self, index: torch.Tensor, probs: torch.Tensor) -> None:
+        """Shape: index - (B,); probs - (B, K, H, W) on the CPU."""
+        confidence, predicted = probs.max(dim=1)
+        self.predicted[index] = predicted.to(self.store.dtype)
+        self.confident[index] = confidence > self.options.confidence
+        self.seen[index] = True
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        changed = 0
+        if epoch + 1 > self.options.warmup_epochs:
+            changed = self._relabel()
+        self.seen[:] = False
+        self.epoch = epoch + 1
+        return {"relabel_changed": float(changed),
+                "relabel_low_weight": float((self.weight < self.options.threshold).float().mean())}
+
+    def _relabel(self) -> int:
+        """Relabel the images this process saw; every process applies every change."""
+        index = torch.nonzero(self.seen).flatten()
+        store = self.store[index]
+        flip = ((self.weight[index] < self.options.threshold) & self.confident[index]
+                & (self.predicted[index] != store))
+        where = torch.nonzero(flip)  # (M, 3): position in index, y, x
+        changes = (index[where[:, 0]], where[:, 1], where[:, 2],
+                   self.predicted[index][flip])
+        parts = self.world.gather(changes) if self.world.size > 1 else [changes]
+        total = 0
+        for i, y, x, values in parts:
+            self.store[i, y, x] = values
+            self.weight[i, y, x] = 1.0
+            total += len(i)
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": self.store.clone(), "weight": self.weight.clone(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.store = state["labels"].clone()
+        self.weight = state["weight"].clone()
+        self.epoch = int(state["epoch"])
+
+
+@hookimpl
+def register_label_correctors() -> list[type[LabelCorrector]]:
+    return [RelabelCorrector]
