@@ -13,6 +13,8 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
 - ``none_select``: ``none_nometa`` that keeps the epoch with the best Dice on the clean meta
   images (``train.select_on_meta``: early stopping on clean labels);
 - ``oracle``: the reweighting ceiling (weight 0 on exactly the corrupted pixels);
+- ``oracle_balanced``: the oracle with each class's true share of the weight restored (a
+  diagnostic of why the oracle falls short: see benchmarks/oracle_gap.py);
 - ``finetune``: ``none``'s model fine-tuned on the clean meta set alone (``train.init_from`` +
   ``train.meta_only``), lr x 0.1, with a fifth of none's steps, cosine-annealed. Chosen before
   any result was seen, not tuned on the test split;
@@ -45,9 +47,9 @@ import noisyseg
 from noisyseg.config import merge
 
 HERE = Path(__file__).resolve().parent
-CEILINGS = ("clean", "oracle")
-METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "finetune", "adele", "gce",
-           "mcpm", "relabel")
+CEILINGS = ("clean", "oracle", "oracle_balanced")
+METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
+           "adele", "gce", "mcpm", "relabel")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU: small patches and a small U-Net, 20 epochs: long enough for the noisy baseline
@@ -101,6 +103,8 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"}}
     if method == "oracle":
         return {"reweighter": {"name": "oracle"}}
+    if method == "oracle_balanced":
+        return {"reweighter": {"name": "oracle", "options": {"balance": True}}}
     if method == "adele":
         return {"corrector": {"name": "adele"}}
     if method == "gce":

@@ -78,6 +78,11 @@ def test_oracle_drops_exactly_the_wrong_labels() -> None:
     normalised = oracle()
     normalised.setup(run)
     assert normalised.weigh(ctx).mean().item() == pytest.approx(1.0)
+    balanced = oracle(balance=True, normalise=False)
+    balanced.setup(run)
+    w, truth = balanced.weigh(ctx), run.clean_labels[index]
+    for c in (0, 1):  # each class's weight adds up to its true pixel count
+        assert w[labels == c].sum().item() == pytest.approx(float((truth == c).sum()))
 
 
 def test_oracle_refuses_a_run_whose_truth_is_unknown(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ labels, whose truth is unknown, it stops with an error.
 
 With a label corrector, the weights compare the labels trained on now (possibly corrected) with
 the truth. ``normalise`` scales each batch's weights to mean 1 (as MCPM and L2RW do), so dropping
-pixels does not also lower the learning rate.
+pixels does not also lower the learning rate. ``balance`` (a diagnostic) scales the kept pixels of
+each class c by (pixels truly of class c) / (kept pixels labelled c): dropping the rims of dilated
+masks removes background near objects, and this gives the background its weight back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from noisyseg import ConfigError, NoisysegError, Reweighter, RunContext, StepCon
 class OracleOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     normalise: bool = Field(True, description="scale each batch's weights to mean 1")
+    balance: bool = Field(False, description="give each class back its true share of the weight "
+                                             "(the dropped pixels' classes are up-weighted)")
 
 
 class OracleReweighter(Reweighter):
@@ -46,7 +50,13 @@ class OracleReweighter(Reweighter):
         if ctx.index is None:
             raise NoisysegError("reweighter 'oracle' needs the batch's index in the step context")
         truth = self.clean[ctx.index.cpu()].to(ctx.labels.device)
-        w = (ctx.labels == truth).to(ctx.loss_map.dtype)
+        kept = ctx.labels == truth
+        w = kept.to(ctx.loss_map.dtype)
+        if self.options.balance:
+            for c in torch.unique(truth).tolist():
+                mine = kept & (ctx.labels == c)
+                if mine.any():
+                    w[mine] = float((truth == c).sum()) / float(mine.sum())
         if self.options.normalise and w.sum() > 0:
             w = w * (w.numel() / w.sum())
         return w
