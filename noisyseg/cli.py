@@ -47,6 +47,13 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             else:  # under torchrun every process fails alike: rank 0 says it, the others let
                 time.sleep(1)  # it finish before torchrun stops everything on their exit
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C: say what is kept and how to go on
+            if debug:
+                raise
+            if _is_main_process():
+                notes = getattr(exc, "__notes__", None)
+                click.echo("Interrupted" + (": " + "; ".join(notes) if notes else "."), err=True)
+            sys.exit(130)
 
     return wrapper
 

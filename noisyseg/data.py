@@ -227,3 +227,30 @@ class Cycler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self._queue = [q.clone() for q in state["queue"]]
+
+
+#: fewer optimiser steps than this in a whole run and a U-Net has barely started to segment
+MIN_STEPS = 200
+#: a meta set smaller than this gives a meta reweighter little to learn from
+MIN_META = 10
+
+
+def size_warnings(n_train: int, n_meta: int, batch_size: int, epochs: int, max_steps: int | None,
+                  uses_meta: bool) -> list[str]:
+    """What is too small about a run's data for its training to mean much, one message each."""
+    messages = []
+    per_epoch = steps_per_epoch(n_train, batch_size)
+    steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    if steps < MIN_STEPS:
+        need = -(-MIN_STEPS // per_epoch)
+        messages.append(
+            f"this run takes only {steps} optimiser steps ({epochs} epochs of {per_epoch} batches of "
+            f"{batch_size} on {n_train} training images); small sets need more steps to learn "
+            f"anything: set train.epochs to at least {need} (--epochs {need})"
+        )
+    if uses_meta and n_meta < MIN_META:
+        messages.append(
+            f"the meta split holds only {n_meta} image(s), and the reweighter learns from it alone; "
+            f"give it at least {MIN_META} clean images"
+        )
+    return messages

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from noisyseg.components import (
     RunContext,
 )
 from noisyseg.config import Config, resolve
-from noisyseg.data import Cycler, build_train_set, check_splits, steps_per_epoch
+from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
 from noisyseg.distributed import World
-from noisyseg.errors import ConfigError
+from noisyseg.errors import ConfigError, DataWarning
 from noisyseg.loop import Loop
 from noisyseg.losses import out_channels, per_pixel_loss
 from noisyseg.plugins import Registry, build_plugin_manager
@@ -197,6 +198,10 @@ def _run_here(
         )
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
                             cfg.train.meta_only)
+    if world.is_main and checkpoint is None:
+        for message in size_warnings(len(train), len(splits.meta), cfg.train.batch_size,
+                                     cfg.train.epochs, cfg.train.max_steps, needs_meta):
+            warnings.warn(message, DataWarning, stacklevel=2)
 
     def build_model() -> nn.Module:
         return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
@@ -248,9 +253,13 @@ def _run_here(
     try:
         history = loop.train(progress and world.is_main)
         final = loop.finish()
-    except BaseException:
-        if world.is_main and created and not (run_dir / rundir.CHECKPOINT).exists():
+    except BaseException as exc:
+        kept = (run_dir / rundir.CHECKPOINT).exists()
+        if world.is_main and created and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: leave no half-run
+        if isinstance(exc, KeyboardInterrupt) and world.is_main:
+            exc.add_note(f"the last finished epoch is kept in {run_dir}; continue with: noisyseg run "
+                         f"--resume {run_dir}" if kept else "no epoch had finished, nothing was kept")
         raise
     world.barrier()
     return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model,

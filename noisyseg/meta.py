@@ -53,7 +53,8 @@ def _explain(exc: RuntimeError) -> NoisysegError | RuntimeError:
         return SecondOrderError(
             "this backbone cannot be differentiated twice, which the meta reweighters need "
             f"({text.splitlines()[0]}). Hardswish/Hardsigmoid encoders (e.g. mobilenetv3) and "
-            "torch.compile'd models have no second derivative: pick another encoder"
+            "torch.compile'd models have no second derivative: set reweighter.options.method=jvp "
+            "(with virtual=sgd; no double backward), or pick another encoder"
         )
     return exc
 

@@ -254,3 +254,14 @@ def test_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path: Path) ->
     result = noisyseg.run(config, plugin_manager=pm, progress=False)
     assert [h["skipped_steps"] for h in result.history] == [0, 1, 0]
     assert all(h["train_loss"] == h["train_loss"] for h in result.history)  # no NaN
+
+
+def test_small_sets_and_tiny_meta_sets_are_warned_with_the_number_to_use() -> None:
+    from noisyseg.data import size_warnings
+
+    small = size_warnings(81, 8, 16, 10, None, uses_meta=True)
+    assert len(small) == 2
+    assert "only 50 optimiser steps" in small[0] and "--epochs 40" in small[0]
+    assert "only 8 image(s)" in small[1]
+    assert size_warnings(1000, 100, 16, 10, None, uses_meta=True) == []
+    assert "only 100 optimiser" in size_warnings(1000, 100, 16, 10, 100, uses_meta=False)[0]

@@ -142,3 +142,26 @@ def test_command_line_resume_errors_are_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--resume continues a run as it was configured; drop --epochs, --set" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml"]
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original, calls = noisyseg.loop.train_step, []
+
+    def interrupted_in_epoch_two(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(noisyseg.loop, "train_step", interrupted_in_epoch_two)
+    out = tmp_path / "run"
+    args = ["run", "-q", "--epochs", "3", "--out", str(out), "--set", "dataset.options.n_train=24",
+            "--set", "dataset.options.n_meta=8", "--set", "dataset.options.n_test=4",
+            "--set", "dataset.options.size=32", "--set", "dataset.options.max_radius=6",
+            "--set", "backbone.options.base_channels=4", "--set", "backbone.options.depth=2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 130, result.output
+    assert f"noisyseg run --resume {out}" in result.stderr
+    monkeypatch.setattr(noisyseg.loop, "train_step", original)
+    resumed = CliRunner().invoke(cli, ["run", "-q", "--resume", str(out)])
+    assert resumed.exit_code == 0, resumed.output
