@@ -227,7 +227,7 @@ def _run_here(
         seed=cfg.seed,
         pixel_noise_rate=train.label_error(),
         world=world,
-        clean_labels=train.clean if bool(train.corrupted.any()) else None,
+        clean_labels=train.clean if bool((train.noisy != train.clean).any()) else None,
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)

@@ -245,6 +245,8 @@ class Loop:
     def _select(self, epoch: int) -> float:
         """Score this epoch on the clean meta split; keep its weights when it is the best so far."""
         dice = self._evaluate(distances=False, split="meta")["dice"]
+        if dice != dice:  # NaN: nothing to score in the meta split this epoch
+            return dice
         if self.best is None or dice > self.best["dice"]:
             self.best = {"epoch": epoch + 1, "dice": dice,
                          "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}

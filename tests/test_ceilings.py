@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import noisyseg
+import noisyseg.loop
 from noisyseg import ConfigError, Registry, build_plugin_manager
 from noisyseg.components import StepContext
 from noisyseg.data import noise_region
@@ -153,19 +154,28 @@ def test_accuracy_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.Captu
     assert len(acc.read_rows(tmp_path / "results.csv")) == 4
 
 
-def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path) -> None:
+def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="train.train_on_meta=false"):
         noisyseg.run(TINY, train={"select_on_meta": True}, output={"dir": str(tmp_path / "x")},
                      progress=False)
+    original = noisyseg.loop.Loop._evaluate
+    meta_scores = iter([0.5, float("nan"), 0.9, 0.7])  # epoch 3 is the best; a NaN is skipped
+
+    def evaluate(self: noisyseg.loop.Loop, distances: bool, split: str = "test") -> dict:
+        return {"dice": next(meta_scores)} if split == "meta" else original(self, distances, split)
+
+    monkeypatch.setattr(noisyseg.loop.Loop, "_evaluate", evaluate)
     result = noisyseg.run(TINY, train={"epochs": 4, "batch_size": 8, "select_on_meta": True,
                                        "train_on_meta": False},
                           output={"dir": str(tmp_path / "s")}, progress=False)
     m, history = result.metrics, result.history
-    best = max(range(4), key=lambda i: history[i]["meta_dice"])
-    assert m["selected_epoch"] == best + 1 and m["meta_dice"] == history[best]["meta_dice"]
-    assert m["dice"] == pytest.approx(history[best]["test_dice"], abs=1e-12)
-    # init_from takes the selected weights
+    assert m["selected_epoch"] == 3 and m["meta_dice"] == 0.9
+    assert m["dice"] == pytest.approx(history[2]["test_dice"], abs=1e-12)
+    # the model and init_from take the selected weights, not the last epoch's
+    last = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=False)["model"]
     selected = rundir_weights(tmp_path / "s")
+    assert any(not torch.equal(last[k], selected[k]) for k in last)
     for k, v in result.model.state_dict().items():
         assert torch.equal(selected[k], v.cpu()), k
 

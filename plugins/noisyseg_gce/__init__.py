@@ -8,7 +8,8 @@ absolute error. PyMIC's noisy-label module uses it for segmentation with q = 0.5
 The gradient of L_q is p_y^q times the gradient of the cross-entropy -log p_y, so the loop's
 mean(w * CE) with the detached weight w = p_y^q has exactly the gradient of mean(L_q): pixels the
 network finds unlikely under their label, often the wrong ones, count less. The loss value logged
-is the weighted cross-entropy, not L_q. ``q = 1`` is MAE's gradient (up to the constant 2/K).
+is the weighted cross-entropy, not L_q. ``q = 1`` gives the gradient of 1 - p_y, the mean absolute
+error 2 (1 - p_y) between probabilities and one-hot label up to the factor 2.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from noisyseg.losses import class_probs
 
 class GCEOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    q: float = Field(0.5, gt=0, le=1, description="0 -> cross-entropy, 1 -> mean absolute error")
+    q: float = Field(0.5, gt=0, le=1, description="0 -> cross-entropy, 1 -> mean absolute error (up to a factor)")
     normalise: bool = Field(False, description="scale each batch's weights to mean 1 (not GCE's "
                                                "gradient then, but its relative weighting)")
 

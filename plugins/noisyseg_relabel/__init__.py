@@ -20,7 +20,8 @@ what the label should be. Pair it with a reweighter whose weights carry that inf
 
 Choices (not from a paper; tested in tests/test_relabel.py): hard labels; the average is over
 the epochs a pixel was seen, not over steps; labels change only at the end of an epoch, and among
-several processes every process applies every process's changes at once.
+several processes every process takes every process's averages and changes at once, so all hold
+the same state.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RelabelCorrector(LabelCorrector):
         self.world = run.world
         dtype = torch.uint8 if run.num_classes <= 256 else torch.int16
         self.store = labels.to(dtype)
-        self.weight = torch.ones(labels.shape, dtype=torch.float16)
+        self.weight = torch.ones(labels.shape, dtype=torch.float32)
         self.predicted = torch.zeros_like(self.store)
         self.confident = torch.zeros(labels.shape, dtype=torch.bool)
         self.seen = torch.zeros(len(labels), dtype=torch.bool)
@@ -69,7 +70,7 @@ class RelabelCorrector(LabelCorrector):
     def observe_weights(self, index: torch.Tensor, weights: torch.Tensor) -> None:
         """Shape: index - (B,); weights - (B, H, W) on the CPU."""
         m = self.options.momentum
-        self.weight[index] = (m * self.weight[index].float() + (1 - m) * weights.float()).half()
+        self.weight[index] = m * self.weight[index] + (1 - m) * weights.float()
 
     def observe(self, index: torch.Tensor, probs: torch.Tensor) -> None:
         """Shape: index - (B,); probs - (B, K, H, W) on the CPU."""
@@ -79,6 +80,10 @@ class RelabelCorrector(LabelCorrector):
         self.seen[index] = True
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
+        if self.world.size > 1:  # each process averaged the images it saw: share the averages
+            seen = torch.nonzero(self.seen).flatten()
+            for index, weight in self.world.gather((seen, self.weight[seen].clone())):
+                self.weight[index] = weight
         changed = 0
         if epoch + 1 > self.options.warmup_epochs:
             changed = self._relabel()
