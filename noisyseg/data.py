@@ -55,8 +55,9 @@ class NoisyTrainSet:
 
 def noise_region(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
     """Where label noise can be: the union of the clean and noisy foreground, dilated by the
-    noise's largest radius R (the farthest any changed pixel lies from a boundary between two
-    labels of the clean mask, measured over the whole set, at least 1 px).
+    noise's largest radius R (the farthest any changed pixel lies from the clean mask's boundary:
+    its foreground pixels with a 4-neighbour of another label or outside the image; over the
+    whole set, at least 1 px).
 
     Noise-detection scores inside this region are not flattered by the easy background far
     from any object, which dominates scores over all pixels.
@@ -67,8 +68,10 @@ def noise_region(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
     changed = noisy != clean
     radius = 1.0
     for c, ch in zip(clean, changed, strict=True):
-        if ch.any():  # boundary: pixels with a neighbour of another label (any class)
-            boundary = ndimage.maximum_filter(c, size=3) != ndimage.minimum_filter(c, size=3)
+        if ch.any():  # boundary: foreground pixels with a 4-neighbour of another label
+            cross = ndimage.generate_binary_structure(2, 1)
+            boundary = (c > 0) & (ndimage.maximum_filter(c, footprint=cross, mode="constant")
+                                  != ndimage.minimum_filter(c, footprint=cross, mode="constant"))
             if boundary.any():  # (an image with no clean object: its changed pixels are the seed)
                 radius = max(radius, float(ndimage.distance_transform_edt(~boundary)[ch].max()))
     union = (clean > 0) | (noisy > 0) | changed

@@ -23,7 +23,7 @@ from noisyseg.losses import class_probs
 
 class GCEOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    q: float = Field(0.5, gt=0, le=1, description="0 -> cross-entropy, 1 -> mean absolute error (up to a factor)")
+    q: float = Field(0.5, gt=0, le=1, description="0 -> cross-entropy, 1 -> mean absolute error")
     normalise: bool = Field(False, description="scale each batch's weights to mean 1 (not GCE's "
                                                "gradient then, but its relative weighting)")
 
