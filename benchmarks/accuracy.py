@@ -23,7 +23,8 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
 - ``mcpm``: the meta mask net of Wang et al. 2020. On the CPU preset only at r = 0.4: a run costs
   about 5 plain runs there, and the headline reports it at r = 0.4;
 - ``relabel``: detection drives correction: ``l2rw`` weights, and the ``relabel`` corrector gives
-  the pixels they keep down-weighting the network's confident prediction.
+  the pixels they keep down-weighting the network's confident prediction; ``relabel_select`` the
+  same, keeping the epoch with the best Dice on the clean meta images.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -51,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 CEILINGS = ("clean", "oracle", "oracle_balanced")
 BASELINES = ("none", "none_nometa", "none_select", "finetune")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
-           "adele", "gce", "mcpm", "relabel")
+           "adele", "gce", "mcpm", "relabel", "relabel_select")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU: small patches and a small U-Net, 20 epochs: long enough for the noisy baseline
@@ -103,6 +104,9 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"train": {"train_on_meta": False, "select_on_meta": True}}
     if method == "relabel":
         return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"}}
+    if method == "relabel_select":
+        return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"},
+                "train": {"select_on_meta": True}}
     if method == "oracle":
         return {"reweighter": {"name": "oracle"}}
     if method == "oracle_balanced":
