@@ -24,7 +24,10 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   about 5 plain runs there, and the headline reports it at r = 0.4;
 - ``relabel``: detection drives correction: ``l2rw`` weights, and the ``relabel`` corrector gives
   the pixels they keep down-weighting the network's confident prediction; ``relabel_select`` the
-  same, keeping the epoch with the best Dice on the clean meta images.
+  same, keeping the epoch with the best Dice on the clean meta images; ``relabel_detect`` with
+  L2RW's weights used only to detect (``train.apply_weights = false``: the loss is not weighted).
+  relabel_detect was added after the first results, to test why relabel fails at r = 0.4; its
+  options are relabel's, unchanged.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -52,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 CEILINGS = ("clean", "oracle", "oracle_balanced")
 BASELINES = ("none", "none_nometa", "none_select", "finetune")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
-           "adele", "gce", "mcpm", "relabel", "relabel_select")
+           "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU: small patches and a small U-Net, 20 epochs: long enough for the noisy baseline
@@ -104,6 +107,9 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"train": {"train_on_meta": False, "select_on_meta": True}}
     if method == "relabel":
         return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"}}
+    if method == "relabel_detect":
+        return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"},
+                "train": {"apply_weights": False}}
     if method == "relabel_select":
         return {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"},
                 "train": {"select_on_meta": True}}

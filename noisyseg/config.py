@@ -91,6 +91,12 @@ class TrainConfig(_Section):
     )
     meta_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    apply_weights: bool = Field(
+        True,
+        description="train on the reweighted loss; false: the reweighter's weights are computed, "
+        "logged and shown to a corrector that observes them, but the loss is not weighted (the "
+        "reweighter as a detector only)",
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN or infinite loss stops the run, or its batch is skipped"
     )

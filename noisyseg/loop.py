@@ -136,6 +136,7 @@ class Loop:
                 self.train_set.images[index], labels, meta, self.step, epoch, self.device,
                 self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
                 forward=self.forward, world=self.world, index=index,
+                apply_weights=self.cfg.train.apply_weights,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT

@@ -57,6 +57,7 @@ def train_step(
     forward: nn.Module | None = None,
     world: World | None = None,
     index: torch.Tensor | None = None,
+    apply_weights: bool = True,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
@@ -64,7 +65,8 @@ def train_step(
     step is not taken and the output's ``skipped`` is True. ``forward`` runs the training
     forward (default ``model``; a DistributedDataParallel wrapper among several processes of
     ``world``, which then all stop or skip when the loss of any one is not finite). ``index``:
-    the batch's positions in the training set, handed to the reweighter.
+    the batch's positions in the training set, handed to the reweighter. ``apply_weights=False``:
+    the weights are computed and returned but the step takes the plain ``mean(L)``.
 
     Shape:
         images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
@@ -78,7 +80,7 @@ def train_step(
             f"reweighter '{reweighter.name}' returned weights of shape {tuple(weights.shape)}, "
             f"expected {tuple(loss_map.shape)}"
         )
-    loss = (weights * loss_map).mean()
+    loss = (weights * loss_map).mean() if apply_weights else loss_map.mean()
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(loss))
     if not (world or World()).all_true(finite):

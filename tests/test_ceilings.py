@@ -184,3 +184,16 @@ def rundir_weights(path: Path) -> dict[str, torch.Tensor]:
     from noisyseg.rundir import load_weights
 
     return load_weights(path)
+
+
+def test_apply_weights_false_trains_on_the_plain_loss_but_logs_the_weights(tmp_path: Path) -> None:
+    plain = noisyseg.run(TINY, output={"dir": str(tmp_path / "p")}, progress=False)
+    detect = noisyseg.run(TINY, reweighter={"name": "oracle"}, train={"epochs": 1, "batch_size": 8,
+                                                                      "apply_weights": False},
+                          output={"dir": str(tmp_path / "d")}, progress=False)
+    weighted = noisyseg.run(TINY, reweighter={"name": "oracle"}, output={"dir": str(tmp_path / "w")},
+                            progress=False)
+    assert detect.metrics["weight_auroc"] == 1.0  # the weights are still computed and scored
+    assert detect.metrics["dice"] == plain.metrics["dice"]  # ... but not applied
+    assert detect.history[-1]["train_loss"] == plain.history[-1]["train_loss"]
+    assert weighted.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
