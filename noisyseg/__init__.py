@@ -18,6 +18,7 @@ from noisyseg.components import (
     Split,
     Splits,
     StepContext,
+    mean_one,
 )
 from noisyseg.config import Config
 from noisyseg.engine import RunResult, run
@@ -60,5 +61,6 @@ __all__ = [
     "StepContext",
     "build_plugin_manager",
     "hookimpl",
+    "mean_one",
     "run",
 ]

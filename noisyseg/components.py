@@ -201,6 +201,17 @@ class Reweighter(Component):
         """Restore what :meth:`state_dict` returned."""
 
 
+def mean_one(weights: torch.Tensor) -> torch.Tensor:
+    """Scale non-negative weights to mean 1 (all zero stays zero): a reweighter that drops or
+    down-weights pixels then does not also lower the learning rate.
+
+    Shape:
+        weights - any shape; returns the same shape
+    """
+    total = weights.sum()
+    return weights * (weights.numel() / total) if total > 0 else weights
+
+
 # --------------------------------------------------------------------------- label correctors
 class LabelCorrector(Component):
     """Owns the current training labels; the loop always trains on :meth:`labels`.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from noisyseg import Reweighter, StepContext, hookimpl
+from noisyseg import Reweighter, StepContext, hookimpl, mean_one
 from noisyseg.losses import class_probs
 
 
@@ -47,9 +47,7 @@ class GCEReweighter(Reweighter):
     def weigh(self, ctx: StepContext) -> torch.Tensor:
         """Shape: returns (N, H, W) = p_y ** q, detached."""
         w = label_probability(ctx.logits.detach(), ctx.labels) ** self.options.q
-        if self.options.normalise and w.sum() > 0:
-            w = w * (w.numel() / w.sum())
-        return w
+        return mean_one(w) if self.options.normalise else w
 
     def preview(self, ctx: StepContext) -> torch.Tensor:
         return self.weigh(ctx)

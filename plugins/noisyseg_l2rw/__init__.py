@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from noisyseg import Reweighter, RunContext, StepContext, hookimpl
+from noisyseg import Reweighter, RunContext, StepContext, hookimpl, mean_one
 from noisyseg.meta import meta_gradient, meta_pixel_gradient
 
 
@@ -30,12 +30,6 @@ class L2RWOptions(BaseModel):
         if self.method == "jvp" and self.virtual != "sgd":
             raise ValueError("method 'jvp' needs virtual = 'sgd'")
         return self
-
-
-def normalise(w: torch.Tensor) -> torch.Tensor:
-    """Scale non-negative weights to mean 1; all zero stays zero."""
-    total = w.sum()
-    return w * (w.numel() / total) if total > 0 else w
 
 
 class L2RWReweighter(Reweighter):
@@ -67,7 +61,7 @@ class L2RWReweighter(Reweighter):
         return g
 
     def weigh(self, ctx: StepContext) -> torch.Tensor:
-        w = normalise(torch.clamp(-self.eps_gradient(ctx), min=0))
+        w = mean_one(torch.clamp(-self.eps_gradient(ctx), min=0))
         return w.expand_as(ctx.loss_map).detach()
 
     def preview(self, ctx: StepContext) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from noisyseg import ConfigError, NoisysegError, Reweighter, RunContext, StepContext, hookimpl
+from noisyseg import ConfigError, NoisysegError, Reweighter, RunContext, StepContext, hookimpl, mean_one
 
 
 class OracleOptions(BaseModel):
@@ -57,9 +57,7 @@ class OracleReweighter(Reweighter):
                 mine = kept & (ctx.labels == c)
                 if mine.any():
                     w[mine] = float((truth == c).sum()) / float(mine.sum())
-        if self.options.normalise and w.sum() > 0:
-            w = w * (w.numel() / w.sum())
-        return w
+        return mean_one(w) if self.options.normalise else w
 
     def preview(self, ctx: StepContext) -> torch.Tensor:
         return self.weigh(ctx)
