@@ -179,7 +179,10 @@ def _run_here(
 
     seed_everything(cfg.seed)
     splits = parts.dataset.load(cfg.seed)
-    check_splits(splits, cfg.dataset.name)
+    with warnings.catch_warnings():
+        if not world.is_main:  # every process checks; one says what it found
+            warnings.simplefilter("ignore", DataWarning)
+        check_splits(splits, cfg.dataset.name)
     needs_meta = parts.reweighter.needs_meta_batch
     if needs_meta and len(splits.meta) == 0:
         raise ConfigError(
