@@ -40,13 +40,14 @@ a method ran only there. The line before it gives the baselines' and ceilings' r
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from grid import append_row, read_rows  # the results CSV, as the grid writes it (benchmarks/)
 
 import noisyseg
 from noisyseg.config import merge
@@ -177,22 +178,6 @@ def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed
             "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def append(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def plan(datasets: list[str], rates: list[float], seeds: list[int], methods: list[str],
          only_at: dict[str, list[float]] | None = None) -> list[tuple]:
     """Runs in order: clean once per dataset and seed; none before the finetune that starts from
@@ -315,7 +300,7 @@ def main() -> None:
         start = time.perf_counter()
         for i, (dataset, rate, method, seed) in enumerate(todo, 1):
             row = run_one(preset, dataset, rate, method, seed, out, sizes)
-            append(results, row)
+            append_row(results, row, COLUMNS)
             print(f"[{i}/{len(todo)} {time.perf_counter() - start:.0f} s] {dataset} r={rate:g} {method} "
                   f"seed {seed}: Dice {row['dice']:.4f} (best epoch {row['best_dice']:.4f}) "
                   f"{row['seconds']:.0f} s", flush=True)

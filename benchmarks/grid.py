@@ -248,7 +248,7 @@ def run_grid(grid: GridConfig, out: Path, executor: str = "local", workers: int 
                         fh.write(f"{name}\n{''.join(traceback.format_exception(exc))}\n")
                     print(f"{name} FAILED twice: {exc}", file=sys.stderr, flush=True)
                     continue
-                _append(results, row)
+                append_row(results, row)
                 finished += 1
                 elapsed = time.perf_counter() - started
                 eta = elapsed / (finished + failed) * (len(todo) - finished - failed)
@@ -260,10 +260,11 @@ def run_grid(grid: GridConfig, out: Path, executor: str = "local", workers: int 
     return finished, failed
 
 
-def _append(results: Path, row: dict[str, Any]) -> None:
+def append_row(results: Path, row: dict[str, Any], columns: list[str] = COLUMNS) -> None:
+    """Add one row to the results CSV (with its header when the file is new)."""
     new = not results.exists()
     with open(results, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, COLUMNS)
+        writer = csv.DictWriter(fh, columns)
         if new:
             writer.writeheader()
         writer.writerow(row)

@@ -67,9 +67,9 @@ def noise_region(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
     """
     changed = noisy != clean
     radius = 1.0
+    cross = ndimage.generate_binary_structure(2, 1)
     for c, ch in zip(clean, changed, strict=True):
         if ch.any():  # boundary: foreground pixels with a 4-neighbour of another label
-            cross = ndimage.generate_binary_structure(2, 1)
             boundary = (c > 0) & (ndimage.maximum_filter(c, footprint=cross, mode="constant")
                                   != ndimage.minimum_filter(c, footprint=cross, mode="constant"))
             if boundary.any():  # (an image with no clean object: its changed pixels are the seed)

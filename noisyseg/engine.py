@@ -210,6 +210,7 @@ def _run_here(
         return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
 
     model = build_model()
+    pixel_noise_rate = train.label_error()
     if cfg.train.init_from is not None and checkpoint is None:
         try:
             model.load_state_dict(rundir.load_weights(Path(cfg.train.init_from)))
@@ -228,9 +229,9 @@ def _run_here(
         epochs=cfg.train.epochs,
         steps_per_epoch=steps_per_epoch(len(train), cfg.train.batch_size),
         seed=cfg.seed,
-        pixel_noise_rate=train.label_error(),
+        pixel_noise_rate=pixel_noise_rate,
         world=world,
-        clean_labels=train.clean if bool((train.noisy != train.clean).any()) else None,
+        clean_labels=train.clean if pixel_noise_rate > 0 else None,
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)

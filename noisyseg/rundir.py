@@ -91,6 +91,16 @@ _CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler"
                     "corrector", "generator", "rng", "history")
 
 
+def _read(path: Path, what: str) -> Any:
+    """The object saved in ``path``; a damaged file is a CheckpointError starting with ``what``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds on a damaged file
+        raise CheckpointError(
+            f"{what}: {path} is unreadable or damaged ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     """The checkpoint of the run in ``run_dir``, checked to hold what a resume needs."""
     path = run_dir / CHECKPOINT
@@ -102,12 +112,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         )
     if (run_dir / FINAL).exists():
         raise ConfigError(f"cannot resume: {run_dir} holds a finished run ({FINAL}); nothing to do")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many kinds on a damaged file
-        raise CheckpointError(
-            f"cannot resume: {path} is unreadable or damaged ({type(exc).__name__}: {exc})"
-        ) from None
+    state = _read(path, "cannot resume")
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(
@@ -123,12 +128,7 @@ def load_weights(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"train.init_from: {file} not found "
                           f"(give a run directory or its {CHECKPOINT})")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many kinds on a damaged file
-        raise CheckpointError(
-            f"train.init_from: {file} is unreadable ({type(exc).__name__}: {exc})"
-        ) from None
+    state = _read(file, "train.init_from")
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"train.init_from: {file} holds no network weights ('model')")
     best = state.get("best")

@@ -119,7 +119,11 @@ def test_init_from_starts_from_the_other_runs_weights(tmp_path: Path) -> None:
                      progress=False)
 
 
-def _accuracy_module():  # benchmarks/ is not a package
+def _accuracy_module():  # benchmarks/ is not a package; its scripts import each other from there
+    import sys
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks" / "accuracy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

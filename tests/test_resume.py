@@ -43,20 +43,27 @@ def _without_seconds(history: list[dict]) -> list[dict]:
     return [{k: None if v != v else v for k, v in h.items() if k != "seconds"} for h in history]
 
 
+def _interrupt_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> object:
+    """Make the loop's n-th training step raise KeyboardInterrupt (Ctrl-C); returns the real
+    train_step, to put back."""
+    original, calls = noisyseg.loop.train_step, []
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(noisyseg.loop, "train_step", interrupted)
+    return original
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, method: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     whole = run(_config(tmp_path, "whole", method), progress=False)
 
-    original, calls = noisyseg.loop.train_step, []
-
-    def dies_in_epoch_two(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        if len(calls) == 6:  # 4 steps per epoch (24 train + 8 meta images): epoch 2, step 2
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(noisyseg.loop, "train_step", dies_in_epoch_two)
+    original = _interrupt_at_step(monkeypatch, 6)  # 4 steps per epoch (24 train + 8 meta): epoch 2
     with pytest.raises(KeyboardInterrupt):
         run(_config(tmp_path, "cut", method), progress=False)
     monkeypatch.setattr(noisyseg.loop, "train_step", original)
@@ -145,15 +152,7 @@ def test_command_line_resume_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original, calls = noisyseg.loop.train_step, []
-
-    def interrupted_in_epoch_two(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(noisyseg.loop, "train_step", interrupted_in_epoch_two)
+    original = _interrupt_at_step(monkeypatch, 6)
     out = tmp_path / "run"
     args = ["run", "-q", "--epochs", "3", "--out", str(out), "--set", "dataset.options.n_train=24",
             "--set", "dataset.options.n_meta=8", "--set", "dataset.options.n_test=4",
