@@ -152,7 +152,10 @@ class StepContext:
         images - (N, C, H, W); labels - (N, H, W); logits - (N, K, H, W);
         loss_map - (N, H, W), still attached to the graph of ``logits``;
         meta_images / meta_labels - (M, C, H, W) / (M, H, W), or None;
-        index - (N,) positions of the batch's images in the training set (on the CPU), or None
+        index - (N,) positions of the batch's images in the training set (on the CPU), or None;
+        clean_labels - (N, H, W) the batch's true labels, moved and turned with ``labels`` by
+        augmentation, when the run knows them (noise added on purpose), else None: for ceilings
+        and diagnostics only, like :attr:`RunContext.clean_labels`
     """
 
     model: nn.Module
@@ -166,6 +169,7 @@ class StepContext:
     meta_images: torch.Tensor | None = None
     meta_labels: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    clean_labels: torch.Tensor | None = None
 
 
 class Reweighter(Component):

@@ -102,6 +102,36 @@ class TrainConfig(_Section):
     )
 
 
+def _p(what: str) -> Any:
+    return Field(0.0, ge=0.0, le=1.0, description=f"probability of {what} (0: off)")
+
+
+class AugmentConfig(_Section):
+    """Random transforms of every training image, applied to the image, its training mask, its
+    clean mask and the noise region together (albumentations), seeded by (seed, step, image) so a
+    run stays reproducible and resumable. Each transform is off until its probability is set.
+    Intensity transforms act on each image scaled to its own [min, max] and scaled back."""
+
+    hflip: float = _p("a left-right flip")
+    vflip: float = _p("an up-down flip")
+    rotate90: float = _p("a rotation by a random multiple of 90 degrees")
+    affine: float = _p("a random rotation and scaling (see rotate_limit, scale_limit)")
+    rotate_limit: float = Field(15.0, ge=0, le=180, description="affine: largest rotation, degrees")
+    scale_limit: float = Field(0.1, ge=0, lt=1, description="affine: largest relative scale change")
+    elastic: float = _p("an elastic deformation (see elastic_alpha, elastic_sigma)")
+    elastic_alpha: float = Field(30.0, gt=0, description="elastic: displacement scale, pixels")
+    elastic_sigma: float = Field(5.0, gt=0, description="elastic: smoothness of the field, pixels")
+    brightness_contrast: float = _p("a random brightness and contrast change")
+    brightness_limit: float = Field(0.1, ge=0, le=1, description="largest brightness shift "
+                                    "(fraction of the image's range)")
+    contrast_limit: float = Field(0.1, ge=0, le=1, description="largest relative contrast change")
+    gamma: float = _p("a random gamma curve (see gamma_limit)")
+    gamma_limit: float = Field(0.2, ge=0, lt=1, description="gamma drawn from [1 - g, 1 + g]")
+    noise: float = _p("added Gaussian noise (see noise_std)")
+    noise_std: float = Field(0.03, gt=0, le=1, description="largest noise standard deviation "
+                             "(fraction of the image's range)")
+
+
 class OutputConfig(_Section):
     """What the run writes."""
 
@@ -121,6 +151,7 @@ class Config(_Section):
     reweighter: ReweighterSpec = Field(default_factory=ReweighterSpec)
     corrector: CorrectorSpec = Field(default_factory=CorrectorSpec)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 

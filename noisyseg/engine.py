@@ -95,6 +95,19 @@ def build_components(config: Config, registry: Registry) -> Components:
     )
 
 
+def check_augment(config: Config, parts: Components) -> None:
+    """A corrector that keeps the reweighter's weights pixel by pixel needs each augmented pixel
+    to come from exactly one original pixel: flips and 90-degree turns, not affine or elastic."""
+    moved = [name for name in ("affine", "elastic") if getattr(config.augment, name) > 0]
+    if moved and parts.corrector.observes_weights:
+        raise ConfigError(
+            f"corrector '{config.corrector.name}' keeps the reweighter's weights pixel by pixel, "
+            f"and augment.{moved[0]} merges and drops pixels, so the weights cannot be put back "
+            "where they belong; use augment.hflip, vflip, rotate90 and the intensity transforms "
+            "with this corrector"
+        )
+
+
 def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "sgd":
@@ -168,6 +181,7 @@ def _run_here(
 ) -> RunResult:
     """:func:`run` in this process (one of ``world``)."""
     parts = build_components(cfg, Registry(pm))
+    check_augment(cfg, parts)
 
     def claim_run_dir() -> tuple[Path, bool]:
         path = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
@@ -251,9 +265,10 @@ def _run_here(
         loop.restore(checkpoint)
     elif world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (rundir.HISTORY, rundir.FINAL, rundir.CHECKPOINT):
+        for stale in (rundir.HISTORY, rundir.FINAL, rundir.CHECKPOINT, rundir.AUGMENT):
             (run_dir / stale).unlink(missing_ok=True)
         rundir.write_config(run_dir, cfg)
+        loop.save_augmented()
     try:
         history = loop.train(progress and world.is_main)
         final = loop.finish()
@@ -273,7 +288,7 @@ def _run_here(
 def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool) -> RunResult:
     """:func:`run` in ``nproc`` new processes; rank 0's result, with its model, comes back."""
     distributed.check_nproc(nproc, resolve_device(cfg.device))
-    build_components(cfg, Registry(build_plugin_manager()))  # bad names and options fail here
+    check_augment(cfg, build_components(cfg, Registry(build_plugin_manager())))  # fail here, not in N
     if cfg.train.batch_size % nproc:
         raise ConfigError(_batch_share_error(cfg.train.batch_size, nproc))
     if resume is None:

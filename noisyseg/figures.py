@@ -87,3 +87,29 @@ def save_curves(path: Path, history: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_augmented(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per training image: the image with its training mask outlined, then draws of the
+    augmentation with the mask moved along. Each row dict holds ``title``, ``images`` (a list of
+    (C, H, W), the original first) and ``masks`` (the matching (H, W) training masks)."""
+    if not rows:
+        return
+    cols = len(rows[0]["images"])
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.0 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, (image, mask) in enumerate(zip(row["images"], row["masks"], strict=True)):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            _show_image(ax, image)
+            if mask.max() > 0:
+                ax.contour(mask > 0, levels=[0.5], colors="orange", linewidths=0.7)
+            if i == 0:
+                ax.set_title("original" if j == 0 else f"draw {j}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(row["title"], fontsize=8)
+    fig.suptitle("orange outline: the training mask, moved with its image", fontsize=8, y=0.995)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -4,6 +4,7 @@ method: the components come in through :class:`noisyseg.engine.Components`.
 
     for each step:
         x, y   = batch, labels from the corrector     (possibly corrected labels)
+        x, y   = augment(x, y)                         (with the clean mask; config's augment)
         L      = per-pixel loss of model(x) vs y      (N, H, W)
         w      = reweighter.weigh(step context)       (N, H, W), detached
         loss   = mean(w * L); backward; optimiser step
@@ -31,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from noisyseg import figures, rundir
+from noisyseg.augment import Augmenter, to_original
 from noisyseg.components import Splits
 from noisyseg.config import Config
 from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
@@ -116,6 +118,7 @@ class Loop:
         self.device, self.run_dir = device, run_dir
         self.world = world or World()
         self.forward = self.world.wrap(model, device)  # the training forward (DDP when shared)
+        self.augment = Augmenter(cfg.augment, cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.step = 0
@@ -126,17 +129,24 @@ class Loop:
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
         index = self.world.shard(index)
-        labels = self.parts.corrector.labels(index)
+        ts = self.train_set
+        originals = ts.images[index]
+        batch = self.augment(
+            originals, [self.parts.corrector.labels(index), ts.clean[index],
+                        None if ts.region is None else ts.region[index]], self.step, index,
+        )
+        labels, clean, region = batch.masks
         meta = None
         if self.meta is not None:
             meta = tuple(self.world.shard(t) for t in next(self.meta))
         try:
             out = train_step(
                 self.model, self.optimizer, self.parts.reweighter,
-                self.train_set.images[index], labels, meta, self.step, epoch, self.device,
+                batch.images, labels, meta, self.step, epoch, self.device,
                 self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
                 forward=self.forward, world=self.world, index=index,
                 apply_weights=self.cfg.train.apply_weights,
+                clean_labels=clean if ts.region is not None else None,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
@@ -149,15 +159,33 @@ class Loop:
         if out.skipped:
             self.skipped += 1
             return out.loss
-        if self.parts.corrector.observes_weights:
-            self.parts.corrector.observe_weights(index, out.weights.cpu())
+        # a corrector keeps its per-pixel state where the training set has the pixels
+        if self.parts.corrector.observes_weights:  # (the engine allows only one-to-one moves)
+            self.parts.corrector.observe_weights(index, to_original(out.weights.cpu(), batch.source))
         if self.parts.corrector.observes_predictions:
-            self.parts.corrector.observe(index, class_probs(out.logits).cpu())
+            if batch.source is None or self.augment.one_to_one:
+                probs = to_original(class_probs(out.logits).cpu(), batch.source)
+            else:  # affine or elastic: pixels merge and vanish; predict the originals instead
+                probs = self._probabilities(originals)
+            self.parts.corrector.observe(index, probs)
         if self.world.is_main:  # only rank 0 writes the weight statistics
-            wrong = labels != self.train_set.clean[index]
-            region = None if self.train_set.region is None else self.train_set.region[index]
-            stats.add(out.weights, wrong, region, _WEIGHT_SAMPLE // self.steps_per_epoch)
+            stats.add(out.weights, labels != clean, region, _WEIGHT_SAMPLE // self.steps_per_epoch)
         return out.loss
+
+    def _known_clean(self, index: torch.Tensor) -> torch.Tensor | None:
+        """The clean labels of ``index`` when the run knows them (the noise model changed some
+        labels: the noise region exists), else None."""
+        return None if self.train_set.region is None else self.train_set.clean[index]
+
+    @torch.no_grad()
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, K, H, W) of un-augmented training images, in eval mode (no
+        BatchNorm statistic changes), on the CPU."""
+        self.model.eval()
+        try:
+            return class_probs(self.model(images.to(self.device))).cpu()
+        finally:
+            self.model.train()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -336,6 +364,24 @@ class Loop:
             )
         return final
 
+    def save_augmented(self, draws: int = 4) -> None:
+        """augment.png: a few training images (corrupted ones first) and draws of the
+        augmentation with their training masks, before training starts (rank 0)."""
+        if not (self.augment.active and self.cfg.output.figure_images and self.world.is_main):
+            return
+        ts = self.train_set
+        index = torch.cat([torch.nonzero(ts.corrupted).flatten(), torch.nonzero(~ts.corrupted).flatten()])
+        index = index[: min(self.cfg.output.figure_images, 4)]
+        labels = self.parts.corrector.labels(index)
+        rows = [{"title": f"train #{i}", "images": [ts.images[i].numpy()], "masks": [labels[k].numpy()]}
+                for k, i in enumerate(index.tolist())]
+        for step in range(draws):  # the draws of the first steps, as training will see them
+            out = self.augment(ts.images[index], [labels], step, index)
+            for k, row in enumerate(rows):
+                row["images"].append(out.images[k].numpy())
+                row["masks"].append(out.masks[0][k].numpy())
+        figures.save_augmented(self.run_dir / rundir.AUGMENT, rows)
+
     def _preview_weights(self, index: torch.Tensor) -> np.ndarray | None:
         """The reweighter's current weight maps of some training images (model in eval mode,
         so no BatchNorm statistic changes), or None."""
@@ -347,7 +393,7 @@ class Loop:
             ctx = step_context(
                 self.model, self.optimizer, self.train_set.images[index],
                 self.parts.corrector.labels(index), meta, self.step, len(self.history), self.device,
-                index=index,
+                index=index, clean_labels=self._known_clean(index),
             )
             weights = self.parts.reweighter.preview(ctx)
         finally:

@@ -21,6 +21,7 @@ FINAL = "metrics.json"
 CHECKPOINT = "checkpoint.pt"
 EXAMPLES = "examples.png"
 CURVES = "curves.png"
+AUGMENT = "augment.png"
 
 
 def default_dir(config: Config) -> Path:

@@ -58,6 +58,7 @@ def train_step(
     world: World | None = None,
     index: torch.Tensor | None = None,
     apply_weights: bool = True,
+    clean_labels: torch.Tensor | None = None,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
@@ -67,12 +68,14 @@ def train_step(
     ``world``, which then all stop or skip when the loss of any one is not finite). ``index``:
     the batch's positions in the training set, handed to the reweighter. ``apply_weights=False``:
     the weights are computed and returned but the step takes the plain ``mean(L)``.
+    ``clean_labels``: the batch's true labels when the run knows them (for ceilings).
 
     Shape:
         images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device, forward, index)
+    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device, forward, index,
+                       clean_labels)
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
@@ -106,6 +109,7 @@ def step_context(
     device: torch.device,
     forward: nn.Module | None = None,
     index: torch.Tensor | None = None,
+    clean_labels: torch.Tensor | None = None,
 ) -> StepContext:
     """Forward ``images`` (moved to ``device`` with labels and meta batch) through ``forward``
     (default ``model``) and wrap the result; the context's model is always ``model`` itself.
@@ -117,4 +121,5 @@ def step_context(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
         loss_map=per_pixel_loss(logits, y), step=step, epoch=epoch,
         meta_images=meta_x, meta_labels=meta_y, index=index,
+        clean_labels=None if clean_labels is None else clean_labels.to(device),
     )

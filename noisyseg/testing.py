@@ -193,7 +193,8 @@ def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: i
     reweighter = cls(cls.Options.model_validate(options or {}))
     model = _tiny_model(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    reweighter.setup(cpu_run_context(2))
+    run = cpu_run_context(2)
+    reweighter.setup(run)
     x = torch.randn(4, 1, 16, 16)
     y = torch.from_numpy(random_masks(4, 16, 2, seed=seed))
     logits = model(x)
@@ -202,7 +203,7 @@ def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: i
         loss_map=per_pixel_loss(logits, y), step=0, epoch=0,
         meta_images=x[:2].clone() if cls.needs_meta_batch else None,
         meta_labels=y[:2].clone() if cls.needs_meta_batch else None,
-        index=torch.arange(4),
+        index=torch.arange(4), clean_labels=run.clean_labels[:4],
     )
     return reweighter.weigh(ctx).detach()
 

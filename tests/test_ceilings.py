@@ -73,7 +73,8 @@ def test_oracle_drops_exactly_the_wrong_labels() -> None:
     labels[0, :2] = 1 - labels[0, :2]  # two wrong rows
     loss = torch.rand(labels.shape)
     ctx = StepContext(model=None, optimizer=None, images=None, labels=labels, logits=None,
-                      loss_map=loss, step=0, epoch=0, index=index)
+                      loss_map=loss, step=0, epoch=0, index=index,
+                      clean_labels=run.clean_labels[index])
     w = r.weigh(ctx)
     assert torch.equal(w == 0, labels != run.clean_labels[index])
     normalised = oracle()

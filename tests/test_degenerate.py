@@ -67,13 +67,13 @@ def test_one_training_step_of_every_reweighter(name: str, batch: list[np.ndarray
     model = run.build_model()
     optimizer = run.make_optimizer(model.parameters())
     labels = torch.from_numpy(np.stack(batch))
-    run.clean_labels = labels.clone()  # this batch is the training set (for the oracle)
+    run.clean_labels = labels.clone()  # this batch is the training set, its truth (for the oracle)
     reweighter = _REGISTRY.build("reweighter", name)
     reweighter.setup(run)
     images = labels[:, None].float() + 0.1 * torch.randn(4, 1, SIZE, SIZE)
     meta = (images[:2].clone(), labels[:2].clone()) if reweighter.needs_meta_batch else None
     out = train_step(model, optimizer, reweighter, images, labels, meta, 0, 0, torch.device("cpu"),
-                     index=torch.arange(4))
+                     index=torch.arange(4), clean_labels=labels.clone())
     assert math.isfinite(out.loss)
     assert torch.isfinite(out.weights).all() and (out.weights >= 0).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())

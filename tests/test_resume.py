@@ -27,6 +27,8 @@ METHODS = {
                                                                 "delta_min": 0.6}}},
     "adele+select_on_meta": {"corrector": {"name": "adele", "options": {"correct_every": 1}},
                              "train": {"select_on_meta": True, "train_on_meta": False}},
+    "augment+plc": {"augment": {"hflip": 0.5, "elastic": 0.5, "brightness_contrast": 0.5},
+                    "corrector": {"name": "plc", "options": {"warmup_epochs": 1}}},
 }
 FINAL_KEYS = ("dice", "iou", "hd", "hd95", "train_label_error_final", "steps", "epochs")
 

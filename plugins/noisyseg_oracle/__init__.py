@@ -42,14 +42,13 @@ class OracleReweighter(Reweighter):
                 "its noise model corrupts them on purpose (noise.rate > 0 with a noise model "
                 "other than 'none'); a dataset's own labels have no known truth"
             )
-        self.clean = run.clean_labels
 
     def weigh(self, ctx: StepContext) -> torch.Tensor:
         """Shape: returns (N, H, W): 0 where ``ctx.labels`` differs from the truth, else 1
         (scaled to mean 1 with ``normalise``)."""
-        if ctx.index is None:
-            raise NoisysegError("reweighter 'oracle' needs the batch's index in the step context")
-        truth = self.clean[ctx.index.cpu()].to(ctx.labels.device)
+        if ctx.clean_labels is None:
+            raise NoisysegError("reweighter 'oracle' needs the batch's clean labels in the step context")
+        truth = ctx.clean_labels
         kept = ctx.labels == truth
         w = kept.to(ctx.loss_map.dtype)
         if self.options.balance:
