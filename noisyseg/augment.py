@@ -90,7 +90,8 @@ class Augmenter:
             for j in range(len(present)):
                 out_masks[j, k] = np.asarray(done["masks"][j + 1])
         moved = iter(out_masks)
-        new_masks = [None if m is None else torch.from_numpy(next(moved)).to(m.dtype) for m in masks]
+        new_masks = [None if m is None else torch.from_numpy(next(moved).astype(m.numpy().dtype))
+                     for m in masks]
         return Augmented(torch.from_numpy(out_images), new_masks,
                          torch.from_numpy(source) if self.moves_pixels else None)
 

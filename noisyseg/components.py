@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from noisyseg.distributed import World
+from noisyseg.scratch import Scratch
 
 
 class NoOptions(BaseModel):
@@ -142,6 +143,9 @@ class RunContext:
     #: on purpose by the noise model), else None. For ceilings and diagnostics only (the
     #: ``oracle`` reweighter): a method that learns from them is not a noisy-label method.
     clean_labels: torch.Tensor | None = None
+    #: where to keep per-pixel state the size of the training set (``scratch.tensor(shape,
+    #: dtype)``, ``scratch.clone(t)``): in memory, or in files when the dataset streams from disk
+    scratch: Scratch = field(default_factory=Scratch)
 
 
 @dataclass
@@ -230,12 +234,14 @@ class LabelCorrector(Component):
     observes_weights: ClassVar[bool] = False
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
-        """Take the noisy training labels (N, H, W) int64, on the CPU."""
-        self.store = labels.clone()
+        """Take the noisy training labels (N, H, W), integers (int64, or uint8 from a dataset
+        that streams from disk), on the CPU; keep them in ``self.store`` (the base copies them
+        to ``run.scratch``)."""
+        self.store = run.scratch.clone(labels)
 
     def labels(self, index: torch.Tensor) -> torch.Tensor:
-        """Current labels of the samples ``index``: (B,) -> (B, H, W)."""
-        return self.store[index]
+        """Current labels of the samples ``index``: (B,) -> (B, H, W) int64."""
+        return self.store[index].long()
 
     def observe(self, index: torch.Tensor, probs: torch.Tensor) -> None:
         """See the model's class probabilities (B, K, H, W) for the samples ``index``."""
@@ -253,7 +259,12 @@ class LabelCorrector(Component):
         return {"labels": self.store.to(torch.uint8) if compact else self.store.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.store = state["labels"].to(torch.int64)
+        """Restore the labels into the store :meth:`setup` made (its type and place kept)."""
+        labels = state["labels"]
+        if not hasattr(self, "store") or self.store.shape != labels.shape:
+            self.store = labels.to(torch.int64)
+        else:
+            self.store.copy_(labels)
 
 
 KINDS: dict[str, type[Component]] = {

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from noisyseg.components import NoiseModel, Split, Splits
 from noisyseg.errors import DataError, DataWarning
+from noisyseg.scratch import Scratch, as_tensor, chunks, streams
 
 
 @dataclass
@@ -24,11 +25,11 @@ class NoisyTrainSet:
     """Training images with their noisy masks, clean masks and a flag per corrupted image.
 
     ``region`` marks where noise can be (see :func:`noise_region`); None when nothing is
-    corrupted.
+    corrupted. ``scratch`` says where set-sized arrays go (files, for a dataset that streams).
 
     Shape:
-        images - (N, C, H, W) float32; noisy, clean - (N, H, W) int64; corrupted - (N,) bool;
-        region - (N, H, W) bool or None
+        images - (N, C, H, W) float32; noisy, clean - (N, H, W) integer labels (int64, or uint8
+        from a streaming dataset); corrupted - (N,) bool; region - (N, H, W) bool or None
     """
 
     images: torch.Tensor
@@ -36,28 +37,38 @@ class NoisyTrainSet:
     clean: torch.Tensor
     corrupted: torch.Tensor
     region: torch.Tensor | None = None
+    scratch: Scratch | None = None
 
     def __post_init__(self) -> None:
-        if self.region is None and bool((self.noisy != self.clean).any()):
-            self.region = torch.from_numpy(noise_region(self.clean.numpy(), self.noisy.numpy()))
+        if self.scratch is None:
+            self.scratch = Scratch()
+        if self.region is None and self.label_error() > 0:
+            region = self.scratch.empty(tuple(self.clean.shape), bool)
+            noise_region(self.clean.numpy(), self.noisy.numpy(), out=region)
+            self.region = torch.from_numpy(region)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def label_error(self, labels: torch.Tensor | None = None) -> float:
-        """Fraction of training pixels whose label (default: the noisy one) is not the clean one.
+        """Fraction of training pixels whose label (default: the noisy one) is not the clean one
+        (counted a chunk of images at a time).
 
         Shape:
             labels - (N, H, W) or None
         """
-        return float(((self.noisy if labels is None else labels) != self.clean).float().mean())
+        labels = self.noisy if labels is None else labels
+        if not len(labels):
+            return 0.0
+        wrong = sum(int((labels[p] != self.clean[p]).sum()) for p in chunks(len(labels)))
+        return wrong / labels.numel()
 
 
-def noise_region(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+def noise_region(clean: np.ndarray, noisy: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Where label noise can be: the union of the clean and noisy foreground, dilated by the
     noise's largest radius R (the farthest any changed pixel lies from the clean mask's boundary:
     its foreground pixels with a 4-neighbour of another label or outside the image; over the
-    whole set, at least 1 px).
+    whole set, at least 1 px). Written into ``out`` when given (one image at a time).
 
     Noise-detection scores inside this region are not flattered by the easy background far
     from any object, which dominates scores over all pixels.
@@ -65,20 +76,19 @@ def noise_region(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
     Shape:
         clean, noisy - (N, H, W) integer labels; returns (N, H, W) bool
     """
-    changed = noisy != clean
     radius = 1.0
     cross = ndimage.generate_binary_structure(2, 1)
-    for c, ch in zip(clean, changed, strict=True):
+    for c, n in zip(clean, noisy, strict=True):
+        ch = n != c
         if ch.any():  # boundary: foreground pixels with a 4-neighbour of another label
             boundary = (c > 0) & (ndimage.maximum_filter(c, footprint=cross, mode="constant")
                                   != ndimage.minimum_filter(c, footprint=cross, mode="constant"))
             if boundary.any():  # (an image with no clean object: its changed pixels are the seed)
                 radius = max(radius, float(ndimage.distance_transform_edt(~boundary)[ch].max()))
-    union = (clean > 0) | (noisy > 0) | changed
-    region = np.zeros(union.shape, dtype=bool)
-    for i, u in enumerate(union):
-        if u.any():
-            region[i] = ndimage.distance_transform_edt(~u) <= radius
+    region = np.zeros(clean.shape, dtype=bool) if out is None else out
+    for i, (c, n) in enumerate(zip(clean, noisy, strict=True)):
+        union = (c > 0) | (n > 0) | (n != c)
+        region[i] = ndimage.distance_transform_edt(~union) <= radius if union.any() else False
     return region
 
 
@@ -91,23 +101,25 @@ def choose_corrupted(n: int, rate: float, seed: int) -> np.ndarray:
 
 
 def corrupt_split(
-    split: Split, noise: NoiseModel, rate: float, seed: int, num_classes: int
+    split: Split, noise: NoiseModel, rate: float, seed: int, num_classes: int,
+    scratch: Scratch | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (noisy masks, corrupted flags) for a split; the clean masks are left untouched."""
+    """Return (noisy masks, corrupted flags) for a split; the clean masks are left untouched.
+    The noisy masks keep the clean masks' integer type and go to ``scratch`` (default: memory)."""
     chosen = choose_corrupted(len(split), rate, seed)
-    noisy = split.masks.copy()
+    noisy = (scratch or Scratch()).copy(split.masks)
     for i in np.flatnonzero(chosen):
         rng = np.random.default_rng([seed, int(i)])
-        out = noise.corrupt(split.masks[i].copy(), rng, num_classes)
-        if out.shape != split.masks[i].shape:
+        mask = np.array(split.masks[i])
+        out = noise.corrupt(mask.copy(), rng, num_classes)
+        if out.shape != mask.shape:
             raise DataError(
-                f"noise model '{noise.name}' changed the mask shape "
-                f"{split.masks[i].shape} -> {out.shape}"
+                f"noise model '{noise.name}' changed the mask shape {mask.shape} -> {out.shape}"
             )
+        if out.size and (out.min() < 0 or out.max() >= num_classes):
+            raise DataError(f"noise model '{noise.name}' produced labels outside [0, {num_classes})")
         noisy[i] = out
-    if noisy.size and (noisy.min() < 0 or noisy.max() >= num_classes):
-        raise DataError(f"noise model '{noise.name}' produced labels outside [0, {num_classes})")
-    return noisy.astype(np.int64), chosen
+    return noisy, chosen
 
 
 def build_train_set(
@@ -115,36 +127,40 @@ def build_train_set(
     meta_only: bool = False,
 ) -> NoisyTrainSet:
     """Corrupt the train split; optionally append the clean meta images (never corrupted).
-    ``meta_only``: the clean meta images alone."""
+    ``meta_only``: the clean meta images alone. A dataset that streams from disk (its arrays are
+    mapped files) keeps streaming: the set-sized arrays made here go to files too."""
+    scratch = Scratch(on_disk=streams(splits.train.images) or streams(splits.train.masks))
     if meta_only:
         if not len(splits.meta):
             raise DataError("train.meta_only asks to train on the meta split, which is empty")
         meta = splits.meta
         return NoisyTrainSet(
-            images=torch.from_numpy(np.ascontiguousarray(meta.images, dtype=np.float32)),
-            noisy=torch.from_numpy(np.ascontiguousarray(meta.masks, dtype=np.int64)),
-            clean=torch.from_numpy(np.ascontiguousarray(meta.masks, dtype=np.int64)),
-            corrupted=torch.zeros(len(meta), dtype=torch.bool),
+            images=as_tensor(_float32(meta.images)), noisy=as_tensor(meta.masks),
+            clean=as_tensor(meta.masks), corrupted=torch.zeros(len(meta), dtype=torch.bool),
+            scratch=scratch,
         )
-    noisy, chosen = corrupt_split(splits.train, noise, rate, seed, splits.num_classes)
+    noisy, chosen = corrupt_split(splits.train, noise, rate, seed, splits.num_classes, scratch)
     images, clean = splits.train.images, splits.train.masks
     if include_meta and len(splits.meta):
-        images = np.concatenate([images, splits.meta.images])
-        clean = np.concatenate([clean, splits.meta.masks])
-        noisy = np.concatenate([noisy, splits.meta.masks])
+        images = scratch.concatenate([images, splits.meta.images])
+        clean = scratch.concatenate([clean, splits.meta.masks])
+        noisy = scratch.concatenate([noisy, splits.meta.masks])
         chosen = np.concatenate([chosen, np.zeros(len(splits.meta), dtype=bool)])
     return NoisyTrainSet(
-        images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
-        noisy=torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.int64)),
-        clean=torch.from_numpy(np.ascontiguousarray(clean, dtype=np.int64)),
-        corrupted=torch.from_numpy(chosen),
+        images=as_tensor(_float32(images)), noisy=as_tensor(noisy), clean=as_tensor(clean),
+        corrupted=torch.from_numpy(chosen), scratch=scratch,
     )
+
+
+def _float32(images: np.ndarray) -> np.ndarray:
+    return images if images.dtype == np.float32 and images.flags.c_contiguous else \
+        np.ascontiguousarray(images, dtype=np.float32)
 
 
 def check_splits(splits: Splits, source: str) -> None:
     """Fail clearly when a dataset returns splits the engine cannot train on (wrong shapes, labels
     out of range, NaN or infinite pixels); warn (:class:`DataWarning`, one line per split) about
-    constant images and masks without foreground."""
+    constant images and masks without foreground. A chunk of images at a time."""
     for name in ("train", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"dataset '{source}' has an empty {name} split")
@@ -163,7 +179,12 @@ def check_splits(splits: Splits, source: str) -> None:
                 f"dataset '{source}' {name} split: every image must be {tuple(shape)}, "
                 f"got images {split.images.shape[1:]} and masks {split.masks.shape[1:]}"
             )
-        if split.masks.min() < 0 or split.masks.max() >= splits.num_classes:
+        if not np.issubdtype(split.masks.dtype, np.integer):
+            raise DataError(f"dataset '{source}' {name} split: masks must hold integer labels, "
+                            f"got {split.masks.dtype}")
+        low = min(int(split.masks[p].min()) for p in chunks(len(split)))
+        high = max(int(split.masks[p].max()) for p in chunks(len(split)))
+        if low < 0 or high >= splits.num_classes:
             raise DataError(
                 f"dataset '{source}' {name} split holds labels outside [0, {splits.num_classes})"
             )
@@ -181,17 +202,22 @@ def _check_pixels(split: Split, where: str) -> None:
     Shape:
         split.images - (N, C, H, W); split.masks - (N, H, W)
     """
-    images = split.images.reshape(len(split), -1)
-    finite = np.isfinite(images)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        pixel = tuple(int(k) for k in np.unravel_index(j, split.images.shape[1:]))
-        raise DataError(f"{where}: image #{i} holds a non-finite pixel value ({images[i, j]} at "
-                        f"(channel, row, column) {pixel}); fix or remove that image")
-    constant = np.flatnonzero(images.min(axis=1) == images.max(axis=1))
-    empty = np.flatnonzero(split.masks.reshape(len(split), -1).max(axis=1) == 0)
+    constant, empty = [], []
+    for part in chunks(len(split)):
+        images = np.asarray(split.images[part]).reshape(part.stop - part.start, -1)
+        finite = np.isfinite(images)
+        if not finite.all():
+            i, j = np.argwhere(~finite)[0]
+            pixel = tuple(int(k) for k in np.unravel_index(j, split.images.shape[1:]))
+            raise DataError(f"{where}: image #{part.start + i} holds a non-finite pixel value "
+                            f"({images[i, j]} at (channel, row, column) {pixel}); fix or remove "
+                            "that image")
+        constant.append(part.start + np.flatnonzero(images.min(axis=1) == images.max(axis=1)))
+        masks = np.asarray(split.masks[part]).reshape(part.stop - part.start, -1)
+        empty.append(part.start + np.flatnonzero(masks.max(axis=1) == 0))
     found = [f"{len(ix)} {what}{'s' * (len(ix) > 1)} ({_numbers(ix)})"
-             for ix, what in ((constant, "constant image"), (empty, "empty mask")) if len(ix)]
+             for ix, what in ((np.concatenate(constant), "constant image"),
+                              (np.concatenate(empty), "empty mask")) if len(ix)]
     if found:
         warnings.warn(f"{where}: {', '.join(found)}", DataWarning, stacklevel=3)
 

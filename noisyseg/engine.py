@@ -246,12 +246,14 @@ def _run_here(
         pixel_noise_rate=pixel_noise_rate,
         world=world,
         clean_labels=train.clean if pixel_noise_rate > 0 else None,
+        scratch=train.scratch,
     )
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)
     meta = (
         Cycler(
-            (torch.from_numpy(splits.meta.images), torch.from_numpy(splits.meta.masks)),
+            (torch.from_numpy(np.array(splits.meta.images, dtype=np.float32)),  # few: in memory
+             torch.from_numpy(np.array(splits.meta.masks, dtype=np.int64))),
             cfg.train.meta_batch_size or cfg.train.batch_size,
             cfg.seed + 1,
         )

@@ -39,7 +39,8 @@ from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
 from noisyseg.distributed import World
 from noisyseg.errors import CheckpointError, NumericalError
 from noisyseg.losses import class_probs
-from noisyseg.metrics import detection_auroc, evaluate
+from noisyseg.metrics import detection_auroc, image_table, summarise
+from noisyseg.scratch import as_tensor, chunks
 from noisyseg.step import predict_all, step_context, train_step
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ class Loop:
         self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
         #: with train.select_on_meta: the epoch with the best meta-split Dice and its weights
         self.best: dict[str, Any] | None = None
+        self._before: torch.Tensor | None = None  # the labels at the start of the epoch
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
         index = self.world.shard(index)
@@ -205,7 +207,7 @@ class Loop:
                 bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
                 start, losses = time.perf_counter(), []
                 stats = WeightStats(cfg.seed + epoch)
-                labels_before = self.parts.corrector.store.clone()
+                labels_before = self._snapshot()
                 self.model.train()
                 for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
                     losses.append(self._step(index, epoch, stats))
@@ -253,23 +255,37 @@ class Loop:
         self.pm.hook.on_epoch_end(epoch=epoch + 1, metrics=dict(record), run_dir=str(self.run_dir))
         return record
 
+    def _snapshot(self) -> torch.Tensor:
+        """The corrector's labels now, copied into one buffer kept for the run (in files when
+        the dataset streams)."""
+        store = self.parts.corrector.store
+        if self._before is None or self._before.shape != store.shape:
+            self._before = self.train_set.scratch.tensor(tuple(store.shape), store.dtype)
+        return self._before.copy_(store)
+
     def _label_changes(self, before: torch.Tensor) -> dict[str, float]:
         """Training-label error against the clean masks, and what the corrector changed this epoch:
         how many pixels and the fraction of them that now hold the clean label (precision)."""
         store, clean = self.parts.corrector.store, self.train_set.clean
-        changed = store != before
-        n = int(changed.sum())
+        n = right = 0
+        for part in chunks(len(store)):
+            changed = store[part] != before[part]
+            n += int(changed.sum())
+            right += int((store[part][changed] == clean[part][changed]).sum())
         return {
             "label_error": self.train_set.label_error(store),
             "labels_changed": float(n),
-            "label_change_precision": float((store[changed] == clean[changed]).float().mean())
-            if n else math.nan,
+            "label_change_precision": right / n if n else math.nan,
         }
 
     def _evaluate(self, distances: bool, split: str = "test") -> dict[str, float]:
+        """Metrics of a split, predicted and scored a chunk of images at a time."""
         data = getattr(self.splits, split)
-        preds = predict_all(self.model, torch.from_numpy(data.images), self.device)
-        return evaluate(preds, data.masks, self.splits.num_classes, distances)
+        k = self.splits.num_classes
+        table = [image_table(predict_all(self.model, as_tensor(np.ascontiguousarray(data.images[p])),
+                                         self.device), np.asarray(data.masks[p]), k, distances)
+                 for p in chunks(len(data))]
+        return summarise(np.concatenate(table), k, distances)  # (no split scored is empty)
 
     def _select(self, epoch: int) -> float:
         """Score this epoch on the clean meta split; keep its weights when it is the best so far."""

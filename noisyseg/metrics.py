@@ -114,10 +114,33 @@ def evaluate(
     Shape:
         preds, truths - (N, H, W) integer labels
     """
+    return summarise(image_table(preds, truths, num_classes, distances), num_classes, distances)
+
+
+def image_table(
+    preds: np.ndarray, truths: np.ndarray, num_classes: int, distances: bool = True
+) -> np.ndarray:
+    """Every image's metrics per foreground class (NaN where a class is left out); tables of
+    several chunks of a split, concatenated, summarise like the whole split's.
+
+    Shape:
+        preds, truths - (N, H, W) integer labels; returns (N, K-1, M), M = 4 with distances, else 2
+    """
     if preds.shape != truths.shape:
         raise ValueError(f"prediction shape {preds.shape} != truth shape {truths.shape}")
-    table = np.stack([image_metrics(p, t, num_classes, distances)
-                      for p, t in zip(preds, truths, strict=True)])  # (N, K-1, M)
+    width = len(METRICS) if distances else 2
+    if len(preds) == 0:
+        return np.zeros((0, num_classes - 1, width))
+    return np.stack([image_metrics(p, t, num_classes, distances)
+                     for p, t in zip(preds, truths, strict=True)])
+
+
+def summarise(table: np.ndarray, num_classes: int, distances: bool = True) -> dict[str, float]:
+    """:func:`evaluate`'s numbers from an :func:`image_table`.
+
+    Shape:
+        table - (N, K-1, M)
+    """
     names = METRICS if distances else METRICS[:2]
     headline = _nanmean(_nanmean(table, axis=1), axis=0)  # (M,)
     out = {name: float(headline[j]) for j, name in enumerate(names)}

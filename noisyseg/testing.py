@@ -153,8 +153,8 @@ def check_dataset(cls: type[Dataset], options: dict[str, Any] | None = None) -> 
     check_splits(a, cls.name)
     for name in ("train", "meta", "test"):
         sa, sb = getattr(a, name), getattr(b, name)
-        assert sa.images.dtype == np.float32 and sa.masks.dtype == np.int64, (
-            f"{cls.name}: {name} split must be float32 images and int64 masks"
+        assert sa.images.dtype == np.float32 and sa.masks.dtype in (np.int64, np.uint8), (
+            f"{cls.name}: {name} split must be float32 images and int64 (or uint8) masks"
         )
         assert np.array_equal(sa.images, sb.images) and np.array_equal(sa.masks, sb.masks), (
             f"{cls.name}: {name} split differs between two loads with the same seed"

@@ -99,12 +99,12 @@ class ADELECorrector(LabelCorrector):
     observes_predictions = True
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
-        """Shape: labels - (N, H, W) int64 noisy training labels."""
+        """Shape: labels - (N, H, W) integer noisy training labels."""
         self.world, self.num_classes, self.total_epochs = run.world, run.num_classes, run.epochs
         dtype = torch.uint8 if run.num_classes <= 256 else torch.int16
-        self.store = labels.to(dtype)
-        self.predicted = torch.zeros_like(self.store)
-        self.confidence = torch.zeros(labels.shape, dtype=torch.float16)
+        self.store = run.scratch.clone(labels.to(dtype))  # in files when the dataset streams
+        self.predicted = run.scratch.tensor(labels.shape, dtype)
+        self.confidence = run.scratch.tensor(labels.shape, torch.float16)
         self.seen = torch.zeros(len(labels), dtype=torch.bool)
         self.counts = np.zeros((run.num_classes, 3))  # per class: TP, FP, FN this epoch
         self.iou: list[list[float]] = [[] for _ in range(run.num_classes)]
@@ -183,7 +183,7 @@ class ADELECorrector(LabelCorrector):
                 "detected": list(self.detected)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.store = state["labels"].clone()
+        self.store.copy_(state["labels"])  # (setup made the store, in memory or in files)
         self.iou = [list(v) for v in state["iou"]]
         self.detected = list(state["detected"])
 

@@ -12,10 +12,15 @@ Masks hold integers: two values in all (0/255, 0/1, ...) are background and fore
 0..K-1 are K classes, anything else is an error unless an option says what the values mean (see
 :mod:`noisyseg_datasets.masks`). Integer images are scaled by their type's maximum; float images
 are used as they are, and a NaN or infinite pixel is an error naming the file and the pixel.
+
+With ``stream = true`` the files are read once into a cache of arrays on disk
+(:mod:`noisyseg_datasets.stream`), and training reads from there: memory does not grow with the
+number of images.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from noisyseg import DataError, Dataset, Split, Splits
 from noisyseg_datasets.masks import apply_map, class_map
+from noisyseg_datasets.stream import stream_splits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 
@@ -108,6 +114,10 @@ class FolderOptions(BaseModel):
     meta_fraction: float = Field(0.1, ge=0, lt=1, description="when there are no split folders")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="when there are no split folders")
     split_seed: int = 0
+    stream: bool = Field(False, description="read the files once into a cache of arrays mapped "
+                         "from disk and train from there: memory stays flat however large the set")
+    cache_dir: Path | None = Field(None, description="stream: where the cache goes (default "
+                                   "$XDG_CACHE_HOME/noisyseg/folder, else ~/.cache/noisyseg/folder)")
 
     @model_validator(mode="after")
     def _check(self) -> FolderOptions:
@@ -128,10 +138,8 @@ class FolderDataset(Dataset):
     name = "folder"
     Options = FolderOptions
 
-    def read_pairs(self, folder: Path, root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]]]:
-        """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked: images
-        (N, C, H, W) float32, the masks' raw values (N, H, W) int64, and the values each mask file
-        holds (by its name relative to ``root``)."""
+    def pairs(self, folder: Path) -> list[tuple[Path, Path]]:
+        """The (image, mask) files under ``folder``/images and ``folder``/masks, paired by name."""
         o = self.options
         img_dir, mask_dir = folder / o.images_dir, folder / o.masks_dir
         for d in (img_dir, mask_dir):
@@ -148,31 +156,44 @@ class FolderDataset(Dataset):
                 f"images and masks in {folder} do not pair up by name: {len(unpaired)} without a "
                 f"partner ({shown})"
             )
-        xs, ys, values, shape, first = [], [], {}, None, None
-        for key in sorted(images):
-            img_arr, mask_arr = read_array(images[key]), read_array(masks[key])
-            mask_name = str(masks[key].relative_to(root))
-            check_finite(img_arr, str(images[key].relative_to(root)))
-            values[mask_name] = set()
-            img_samples = _as_samples(img_arr, images[key], is_mask=False)
-            mask_samples = _as_samples(mask_arr, masks[key], is_mask=True)
+        return [(images[key], masks[key]) for key in sorted(images)]
+
+    def samples(self, pairs: list[tuple[Path, Path]], root: Path
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+        """Every sample of the files, checked, one at a time: the image (C, H, W) float32, the
+        mask's raw values (H, W) int64 and the mask file's name relative to ``root``."""
+        shape, first = None, None
+        for image_path, mask_path in pairs:
+            img_arr, mask_arr = read_array(image_path), read_array(mask_path)
+            mask_name = str(mask_path.relative_to(root))
+            check_finite(img_arr, str(image_path.relative_to(root)))
+            img_samples = _as_samples(img_arr, image_path, is_mask=False)
+            mask_samples = _as_samples(mask_arr, mask_path, is_mask=True)
             if len(img_samples) != len(mask_samples) or img_samples[0].shape[:2] != mask_samples[0].shape[:2]:
                 raise DataError(
-                    f"image {images[key].name} {img_arr.shape} and mask {masks[key].name} "
+                    f"image {image_path.name} {img_arr.shape} and mask {mask_path.name} "
                     f"{mask_arr.shape} differ in size"
                 )
             for im, m in zip(img_samples, mask_samples, strict=True):
-                x, y = to_image(im), to_mask(m, mask_name)
+                x = to_image(im)
                 if shape is None:
-                    shape, first = x.shape, images[key].name
+                    shape, first = x.shape, image_path.name
                 elif x.shape != shape:
                     raise DataError(
                         f"all images must have one size and channel count: {first} is {shape}, "
-                        f"{images[key].name} is {x.shape}; resize them first"
+                        f"{image_path.name} is {x.shape}; resize them first"
                     )
-                xs.append(x)
-                ys.append(y)
-                values[mask_name].update(np.unique(y).tolist())
+                yield x, to_mask(m, mask_name), mask_name
+
+    def read_pairs(self, folder: Path, root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]]]:
+        """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked: images
+        (N, C, H, W) float32, the masks' raw values (N, H, W) int64, and the values each mask file
+        holds (by its name relative to ``root``)."""
+        xs, ys, values = [], [], {}
+        for x, y, mask_name in self.samples(self.pairs(folder), root):
+            xs.append(x)
+            ys.append(y)
+            values.setdefault(mask_name, set()).update(np.unique(y).tolist())
         return np.stack(xs), np.stack(ys), values
 
     def load(self, seed: int) -> Splits:
@@ -180,6 +201,10 @@ class FolderDataset(Dataset):
         root = Path(o.root).expanduser()
         if not root.is_dir():
             raise DataError(f"dataset folder {root} does not exist")
+        if (root / "train").is_dir() and not (root / "test").is_dir():
+            raise DataError(f"{root} has a train/ folder but no test/ folder")
+        if o.stream:
+            return stream_splits(self, root)
         values: dict[str, set[int]] = {}
         if (root / "train").is_dir():
             parts = {}
@@ -188,21 +213,23 @@ class FolderDataset(Dataset):
                     x, y, held = self.read_pairs(root / name, root)
                     parts[name] = Split(x, y)
                     values.update(held)
-            if "test" not in parts:
-                raise DataError(f"{root} has a train/ folder but no test/ folder")
         else:
             x, y, values = self.read_pairs(root, root)
-            order = np.random.default_rng(o.split_seed).permutation(len(x))
-            n_test = max(1, round(o.test_fraction * len(x)))
-            n_meta = round(o.meta_fraction * len(x))
-            if len(x) - n_test - n_meta < 1:
-                raise DataError(f"{root}: {len(x)} samples are too few to split into train/meta/test")
-            cuts = {"test": order[:n_test], "meta": order[n_test : n_test + n_meta],
-                    "train": order[n_test + n_meta :]}
-            parts = {name: Split(x[idx], y[idx]) for name, idx in cuts.items()}
+            parts = {name: Split(x[idx], y[idx]) for name, idx in self.cuts(len(x), root).items()}
         if "meta" not in parts:
             train = parts["train"]
             parts["meta"] = Split(train.images[:0], train.masks[:0])
         classes, k = class_map(values, o.num_classes, o.mask_threshold, o.mask_values)
         parts = {name: Split(p.images, apply_map(p.masks, classes)) for name, p in parts.items()}
         return Splits(**parts, num_classes=k)
+
+    def cuts(self, n: int, root: Path) -> dict[str, np.ndarray]:
+        """Sample indices of the test, meta and train splits of a folder without split folders."""
+        o = self.options
+        order = np.random.default_rng(o.split_seed).permutation(n)
+        n_test = max(1, round(o.test_fraction * n))
+        n_meta = round(o.meta_fraction * n)
+        if n - n_test - n_meta < 1:
+            raise DataError(f"{root}: {n} samples are too few to split into train/meta/test")
+        return {"test": order[:n_test], "meta": order[n_test : n_test + n_meta],
+                "train": order[n_test + n_meta :]}

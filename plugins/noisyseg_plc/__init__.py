@@ -64,8 +64,8 @@ class PLCCorrector(LabelCorrector):
     observes_predictions = True
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
-        """Shape: labels - (N, H, W) int64 noisy training labels."""
-        self.world = run.world
+        """Shape: labels - (N, H, W) integer noisy training labels."""
+        self.world, self.scratch = run.world, run.scratch
         dtype = np.uint8 if run.num_classes <= 256 else np.int16
         self.store = self._allocate("labels", labels.shape, dtype)
         self.store.copy_(labels)
@@ -76,8 +76,8 @@ class PLCCorrector(LabelCorrector):
         self.flipped = 0
 
     def _allocate(self, name: str, shape: torch.Size, dtype: type) -> torch.Tensor:
-        if self.options.store == "memory":
-            return torch.from_numpy(np.zeros(tuple(shape), dtype=dtype))
+        if self.options.store == "memory":  # (in files anyway when the dataset streams)
+            return torch.from_numpy(self.scratch.empty(tuple(shape), dtype))
         if self.options.store_dir is None and not hasattr(self, "_tmp"):
             self._tmp = tempfile.TemporaryDirectory(prefix="noisyseg-plc-")  # removed with the object
         folder = Path(self.options.store_dir or self._tmp.name)

@@ -53,13 +53,13 @@ class RelabelCorrector(LabelCorrector):
     observes_weights = True
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
-        """Shape: labels - (N, H, W) int64 noisy training labels."""
+        """Shape: labels - (N, H, W) integer noisy training labels."""
         self.world = run.world
         dtype = torch.uint8 if run.num_classes <= 256 else torch.int16
-        self.store = labels.to(dtype)
-        self.weight = torch.ones(labels.shape, dtype=torch.float32)
-        self.predicted = torch.zeros_like(self.store)
-        self.confident = torch.zeros(labels.shape, dtype=torch.bool)
+        self.store = run.scratch.clone(labels.to(dtype))  # in files when the dataset streams
+        self.weight = run.scratch.tensor(labels.shape, torch.float32, fill=1)
+        self.predicted = run.scratch.tensor(labels.shape, dtype)
+        self.confident = run.scratch.tensor(labels.shape, torch.bool)
         self.seen = torch.zeros(len(labels), dtype=torch.bool)
         self.epoch = 0
 
@@ -113,8 +113,8 @@ class RelabelCorrector(LabelCorrector):
         return {"labels": self.store.clone(), "weight": self.weight.clone(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.store = state["labels"].clone()
-        self.weight = state["weight"].clone()
+        self.store.copy_(state["labels"])  # (setup made both, in memory or in files)
+        self.weight.copy_(state["weight"])
         self.epoch = int(state["epoch"])
 
 
