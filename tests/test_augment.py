@@ -110,3 +110,24 @@ def test_augment_options_are_checked_by_name() -> None:
         noisyseg.config.resolve(augment={"hflip": 1.5})
     with pytest.raises(ConfigError, match=r"augment\.flip"):
         noisyseg.config.resolve(augment={"flip": 0.5})
+
+
+def test_the_command_line_sets_augmentation_and_the_run_shows_and_records_it(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from noisyseg.cli import cli
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_config()))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "run", "--config", str(config), "--out", str(out), "-q",
+        "--set", "augment.hflip=0.5", "--set", "augment.elastic=0.3",
+    ])
+    assert result.exit_code == 0, result.output
+    assert (out / "augment.png").is_file()
+    saved = yaml.safe_load((out / "config.yaml").read_text())["augment"]
+    assert saved["hflip"] == 0.5 and saved["elastic"] == 0.3 and saved["vflip"] == 0.0
+    bad = CliRunner().invoke(cli, ["run", "--config", str(config), "--set", "augment.hflip=2"])
+    assert bad.exit_code == 2 and "augment.hflip" in bad.output

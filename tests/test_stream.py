@@ -118,3 +118,14 @@ def test_a_streaming_run_ends_exactly_as_one_from_memory(tmp_path: Path, correct
         assert streamed[key] == memory[key], key
     info = json.loads(next((tmp_path / "cache").glob("*/done.json")).read_text())
     assert info["num_classes"] == 2
+
+
+def test_two_processes_build_one_cache_and_train_from_it(tmp_path: Path) -> None:
+    root = write_folder_dataset(tmp_path / "data", n=40, size=32)
+    cache = tmp_path / "cache"
+    cfg = tiny_run_config(device="cpu", dataset={"name": "folder", "options": {
+        "root": str(root), "stream": True, "cache_dir": str(cache)}},
+        output={"dir": str(tmp_path / "run")})
+    result = noisyseg.run(cfg, nproc=2, progress=False)
+    assert np.isfinite(result.metrics["dice"])
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 1  # built once, no leftovers
