@@ -189,13 +189,44 @@ def _report(m: dict[str, Any], run_dir: Path) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--options", "options_of", metavar="NAME",
+              help="Show the options of the component(s) called NAME: type, default, description.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_friendly
-def plugins(as_json: bool, debug: bool) -> None:
-    """List every installed component by kind, with the plugin that supplies it."""
-    from noisyseg.plugins import Registry, build_plugin_manager
+def plugins(as_json: bool, options_of: str | None, debug: bool) -> None:
+    """List every installed component by kind, with the plugin that supplies it.
+
+    \b
+    Columns: the name to pick it by (--reweighter NAME), the entry point that registered it
+    with its package and version, and the first line of its description.
+
+    \b
+    Examples:
+      noisyseg plugins
+      noisyseg plugins --options mcpm      # every option of mcpm, set with --set reweighter.options.X=...
+    """
+    from noisyseg.plugins import Registry, build_plugin_manager, option_rows
 
     registry = Registry(build_plugin_manager())
+    if options_of is not None:
+        found = [e for kind in KIND_TITLES for e in registry.entries(kind) if e.name == options_of]
+        if not found:
+            known = sorted({e.name for kind in KIND_TITLES for e in registry.entries(kind)})
+            raise ConfigError(f"no component is called '{options_of}'; installed: {', '.join(known)}")
+        if as_json:
+            click.echo(json.dumps({e.kind: option_rows(e.cls) for e in found}, indent=2))
+            return
+        for e in found:
+            rows = option_rows(e.cls)
+            click.echo(f"{e.kind} '{e.name}' ({e.cls.describe()}): "
+                       f"set with --set {e.kind}.options.NAME=VALUE")
+            if not rows:
+                click.echo("  (no options)")
+            for row in rows:
+                click.echo(f"  {row['name']:<16} {row['type']:<24} default {row['default']}")
+                if row["description"]:
+                    click.echo(f"  {'':<16} {row['description']}")
+        return
     if as_json:
         out = {
             kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
@@ -217,10 +248,14 @@ def plugins(as_json: bool, debug: bool) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_friendly
 def show_config(config_file: Path | None, debug: bool) -> None:
-    """Print the resolved config (YAML); a starting point for your own file."""
+    """Print the resolved config (YAML), every component's options included; a starting point
+    for your own file."""
     from noisyseg.config import dump
+    from noisyseg.engine import build_components, with_options
+    from noisyseg.plugins import Registry, build_plugin_manager
 
-    click.echo(dump(resolve(config_file)), nl=False)
+    cfg = resolve(config_file)
+    click.echo(dump(with_options(cfg, build_components(cfg, Registry(build_plugin_manager())))), nl=False)
 
 
 def main() -> None:

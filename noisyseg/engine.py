@@ -19,6 +19,7 @@ from torch import nn
 
 from noisyseg import distributed, rundir
 from noisyseg.components import (
+    KINDS,
     Backbone,
     Dataset,
     LabelCorrector,
@@ -93,6 +94,15 @@ def build_components(config: Config, registry: Registry) -> Components:
         reweighter=registry.build("reweighter", config.reweighter.name, config.reweighter.options),
         corrector=registry.build("corrector", config.corrector.name, config.corrector.options),
     )
+
+
+def with_options(config: Config, parts: Components) -> Config:
+    """The config with every component's options as validated, defaults filled in: what
+    config.yaml records, so a repeated run does not depend on a plugin's defaults staying put."""
+    data = config.model_dump(mode="json")
+    for key in KINDS:
+        data[key]["options"] = getattr(parts, key).options.model_dump(mode="json")
+    return resolve(data)
 
 
 def check_augment(config: Config, parts: Components) -> None:
@@ -182,6 +192,7 @@ def _run_here(
     """:func:`run` in this process (one of ``world``)."""
     parts = build_components(cfg, Registry(pm))
     check_augment(cfg, parts)
+    cfg = with_options(cfg, parts)
 
     def claim_run_dir() -> tuple[Path, bool]:
         path = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)

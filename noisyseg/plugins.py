@@ -8,6 +8,7 @@ to load only the plugins shipped with noisyseg itself.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -173,3 +174,27 @@ class Registry:
                 format_errors(exc, f"{kind}.options", f"invalid options for '{name}'")
             ) from None
         return cls(opts)
+
+
+def option_rows(cls: type[Component]) -> list[dict[str, str]]:
+    """A component's options from its ``Options`` schema: name, type, default, description."""
+    rows = []
+    for name, field in cls.Options.model_fields.items():
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = json.dumps(value.model_dump(mode="json") if isinstance(value, BaseModel)
+                                 else value, default=str)
+        rows.append({"name": name, "type": _type_name(field.annotation), "default": default,
+                     "description": field.description or ""})
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    text = str(annotation)
+    for prefix in ("typing.", "pathlib.", "collections.abc."):
+        text = text.replace(prefix, "")
+    return text.replace("NoneType", "None")

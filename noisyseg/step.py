@@ -85,7 +85,17 @@ def train_step(
         )
     loss = (weights * loss_map).mean() if apply_weights else loss_map.mean()
     optimizer.zero_grad(set_to_none=True)
-    finite = bool(torch.isfinite(loss))
+    # one host synchronisation for the checks: the loss, the loss map, the weights (finite, >= 0)
+    ok_weights = torch.isfinite(weights) & (weights >= 0)
+    finite, map_finite, valid = (bool(v) for v in torch.stack(
+        [torch.isfinite(loss), torch.isfinite(loss_map).all(), ok_weights.all()]).tolist())
+    if not valid and map_finite:  # the reweighter's own fault, not a diverging network's
+        bad = weights[~ok_weights]
+        raise NoisysegError(
+            f"reweighter '{reweighter.name}' returned {bad.numel()} negative or non-finite "
+            f"weight(s) at step {step} (epoch {epoch + 1}), e.g. {bad[0].item()}; weights must be "
+            "finite and >= 0 (a negative weight would reverse the gradient)"
+        )
     if not (world or World()).all_true(finite):
         if on_nonfinite == "skip":
             return StepOutput(loss=math.nan, weights=weights, logits=ctx.logits.detach(), skipped=True)

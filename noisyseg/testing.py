@@ -11,6 +11,7 @@ given) and raises AssertionError with a readable message when the contract is br
 
 from __future__ import annotations
 
+import io
 import warnings
 from typing import Any
 
@@ -188,36 +189,102 @@ def _tiny_model(num_classes: int) -> torch.nn.Module:
     )
 
 
-def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: int) -> torch.Tensor:
+def _batch(cls: type[Reweighter], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           run: RunContext, seed: int) -> StepContext:
+    """A step context of 4 images of 16x16 from ``seed``, through ``model``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 1, 16, 16, generator=generator)
+    y = torch.from_numpy(random_masks(4, 16, 2, seed=seed))
+    logits = model(x)
+    index = torch.arange(4) + 4 * (seed % 2)
+    return StepContext(
+        model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
+        loss_map=per_pixel_loss(logits, y), step=seed, epoch=0,
+        meta_images=x[:2].clone() if cls.needs_meta_batch else None,
+        meta_labels=y[:2].clone() if cls.needs_meta_batch else None,
+        index=index, clean_labels=run.clean_labels[index],
+    )
+
+
+def _reweighter(cls: type[Reweighter], options: dict[str, Any] | None,
+                seed: int) -> tuple[Reweighter, torch.nn.Module, torch.optim.Optimizer, RunContext]:
     torch.manual_seed(seed)
     reweighter = cls(cls.Options.model_validate(options or {}))
     model = _tiny_model(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     run = cpu_run_context(2)
     reweighter.setup(run)
-    x = torch.randn(4, 1, 16, 16)
-    y = torch.from_numpy(random_masks(4, 16, 2, seed=seed))
-    logits = model(x)
-    ctx = StepContext(
-        model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
-        loss_map=per_pixel_loss(logits, y), step=0, epoch=0,
-        meta_images=x[:2].clone() if cls.needs_meta_batch else None,
-        meta_labels=y[:2].clone() if cls.needs_meta_batch else None,
-        index=torch.arange(4), clean_labels=run.clean_labels[:4],
-    )
-    return reweighter.weigh(ctx).detach()
+    return reweighter, model, optimizer, run
+
+
+def _weights_once(cls: type[Reweighter], options: dict[str, Any] | None, seed: int) -> torch.Tensor:
+    reweighter, model, optimizer, run = _reweighter(cls, options, seed)
+    return reweighter.weigh(_batch(cls, model, optimizer, run, seed)).detach()
+
+
+def _valid(cls: type[Reweighter], w: torch.Tensor | None, what: str) -> None:
+    assert w is not None and w.shape == (4, 16, 16), (
+        f"{cls.name}: {what} shape {None if w is None else tuple(w.shape)}, expected (4, 16, 16)")
+    assert torch.isfinite(w).all(), f"{cls.name}: non-finite {what}"
+    assert (w >= 0).all(), f"{cls.name}: negative {what}"
+
+
+def _same_state(cls: type[Reweighter], a: Any, b: Any, where: str = "state") -> None:
+    """Two state_dict()s hold the same keys and values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (
+            f"{cls.name}: {where} keys differ: {sorted(map(str, a))} vs "
+            f"{sorted(map(str, b)) if isinstance(b, dict) else type(b).__name__}")
+        for key in a:
+            _same_state(cls, a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{cls.name}: {where} differs"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_state(cls, x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b), (
+            f"{cls.name}: {where} differs after a round trip")
+    else:
+        assert a == b or (a != a and b != b), f"{cls.name}: {where} differs: {a!r} vs {b!r}"
+
+
+def saved_and_loaded(state: Any) -> Any:
+    """``state`` through torch.save and torch.load, as a checkpoint carries it (no tensor shared
+    with the original)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=False)
 
 
 def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = None) -> None:
-    """Weights (N, H, W), finite, non-negative, the same for the same seed; state round-trips."""
+    """Weights (N, H, W), finite, non-negative, the same for the same seed; ``preview`` gives
+    None or valid weights and learns nothing; the state survives a round trip into a fresh
+    instance: after two steps, a fresh reweighter loaded with the state weighs a third batch
+    exactly as the original does."""
     w = _weights_once(cls, options, seed=0)
-    assert w.shape == (4, 16, 16), f"{cls.name}: weights shape {tuple(w.shape)}, expected (4, 16, 16)"
-    assert torch.isfinite(w).all(), f"{cls.name}: non-finite weights"
-    assert (w >= 0).all(), f"{cls.name}: negative weights"
+    _valid(cls, w, "weights")
     assert torch.equal(w, _weights_once(cls, options, seed=0)), f"{cls.name}: not deterministic"
-    reweighter = cls(cls.Options.model_validate(options or {}))
-    reweighter.setup(cpu_run_context(2))
-    reweighter.load_state_dict(reweighter.state_dict())
+
+    trained, model, optimizer, run = _reweighter(cls, options, seed=1)
+    for seed in (1, 2):  # two steps: a reweighter that learns has something to remember
+        trained.weigh(_batch(cls, model, optimizer, run, seed))
+    before = trained.state_dict()
+    shown = trained.preview(_batch(cls, model, optimizer, run, 3))
+    if shown is not None:
+        _valid(cls, shown.detach(), "preview weights")
+    _same_state(cls, before, trained.state_dict(), "state after preview()")
+
+    fresh, *_ = _reweighter(cls, options, seed=99)  # other random initialisation
+    fresh.load_state_dict(saved_and_loaded(trained.state_dict()))
+    _same_state(cls, trained.state_dict(), fresh.state_dict())
+    rng = torch.get_rng_state()
+    expected = trained.weigh(_batch(cls, model, optimizer, run, 4)).detach()
+    torch.set_rng_state(rng)
+    got = fresh.weigh(_batch(cls, model, optimizer, run, 4)).detach()
+    assert torch.allclose(expected, got, atol=1e-6), (
+        f"{cls.name}: a fresh instance loaded with state_dict() weighs differently: the state "
+        "misses something the weights depend on")
 
 
 def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = None) -> None:
@@ -242,7 +309,7 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
     state = corrector.state_dict()
     fresh = cls(cls.Options.model_validate(options or {}))
     fresh.setup(labels, cpu_run_context(2))
-    fresh.load_state_dict(state)
+    fresh.load_state_dict(saved_and_loaded(state))
     assert torch.equal(fresh.labels(torch.arange(6)), after), f"{cls.name}: state does not round-trip"
 
 
