@@ -21,14 +21,17 @@ import click
 
 from noisyseg.config import load_file, merge, parse_assignment, resolve
 from noisyseg.errors import ConfigError, NoisysegError
+from noisyseg.kinds import KINDS
 
-KIND_TITLES = {
-    "dataset": "datasets",
-    "noise": "noise models",
-    "backbone": "backbones",
-    "reweighter": "reweighters",
-    "corrector": "label correctors",
-}
+KIND_TITLES = {key: kind.title for key, kind in KINDS.items()}
+
+
+def _kind_flags(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per kind of component (--dataset, --noise, ... --corrector): its name."""
+    for kind in reversed(KINDS.values()):
+        func = click.option(f"--{kind.key}", metavar="NAME",
+                            help=f"The {kind.label}, by name (default: {kind.default}).")(func)
+    return func
 
 
 def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,13 +85,9 @@ def cli() -> None:
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML, YAML or JSON file; flags given here override it.")
-@click.option("--dataset", help="Dataset name (default: synthetic).")
-@click.option("--noise", help="Noise model corrupting the training masks (default: dilation).")
+@_kind_flags
 @click.option("--noise-rate", type=float,
               help="Fraction r of training images corrupted, in [0, 1] (default: 0.4).")
-@click.option("--backbone", help="Segmentation network (default: unet).")
-@click.option("--reweighter", help="Per-pixel reweighting strategy (default: none).")
-@click.option("--corrector", help="Label corrector (default: none).")
 @click.option("--epochs", type=int, help="Training epochs (default: 10).")
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps in all.")
 @click.option("--batch-size", type=int, help="Images per step (default: 16).")
@@ -153,9 +152,8 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
 
     data: dict[str, Any] = load_file(config_file) if config_file else {}
     paths = {
-        "dataset": ("dataset", "name"), "noise": ("noise", "name"), "noise_rate": ("noise", "rate"),
-        "backbone": ("backbone", "name"), "reweighter": ("reweighter", "name"),
-        "corrector": ("corrector", "name"), "epochs": ("train", "epochs"),
+        **{key: (key, "name") for key in KINDS}, "noise_rate": ("noise", "rate"),
+        "epochs": ("train", "epochs"),
         "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
         "lr": ("train", "lr"), "seed": ("seed",), "device": ("device",),
         "out": ("output", "dir"), "overwrite": ("output", "overwrite"),

@@ -1,5 +1,6 @@
 """The component interfaces: what a backbone, noise model, dataset, reweighter and label
-corrector must provide. Plugins subclass these; the engine only ever talks to these bases.
+corrector must provide. Plugins subclass these; the engine only ever talks to these bases. The
+table of kinds (:mod:`noisyseg.kinds`) names each base with its hook, config section and check.
 
 Every component class carries a unique ``name`` and an ``Options`` pydantic model holding its
 typed settings; the registry validates the user's options against it before building.
@@ -30,7 +31,6 @@ class Component:
     """Base of every component: a ``name`` to pick it by and typed ``Options``."""
 
     name: ClassVar[str]
-    kind: ClassVar[str] = "component"
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, options: BaseModel | None = None) -> None:
@@ -47,7 +47,6 @@ class Component:
 class Backbone(Component):
     """Builds a segmentation network."""
 
-    kind = "backbone"
 
     def build(self, in_channels: int, out_channels: int) -> nn.Module:
         """Return a module mapping images to logits.
@@ -62,7 +61,6 @@ class Backbone(Component):
 class NoiseModel(Component):
     """Corrupts one clean mask (the truth is kept beside the result)."""
 
-    kind = "noise model"
 
     def corrupt(self, mask: np.ndarray, rng: np.random.Generator, num_classes: int) -> np.ndarray:
         """Return a corrupted copy of ``mask``: same shape and dtype, labels in [0, num_classes).
@@ -107,7 +105,6 @@ class Splits:
 class Dataset(Component):
     """Loads train / meta / test splits, deterministically for a seed."""
 
-    kind = "dataset"
 
     def load(self, seed: int) -> Splits:
         raise NotImplementedError
@@ -179,7 +176,6 @@ class StepContext:
 class Reweighter(Component):
     """Turns the step's per-pixel loss map into a non-negative weight map."""
 
-    kind = "reweighter"
     #: the loop feeds a clean meta batch in every StepContext when True
     needs_meta_batch: ClassVar[bool] = False
 
@@ -227,11 +223,14 @@ class LabelCorrector(Component):
     The base class keeps the labels unchanged, so it is a complete 'none' corrector.
     """
 
-    kind = "label corrector"
     #: the loop calls :meth:`observe` with each batch's class probabilities when True
     observes_predictions: ClassVar[bool] = False
     #: the loop calls :meth:`observe_weights` with each batch's reweighter weights when True
     observes_weights: ClassVar[bool] = False
+    #: the current training labels (N, H, W), integers, on the CPU (in memory, or in mapped files
+    #: for a dataset that streams): :meth:`setup` makes it; the loop reads it at the end of each
+    #: epoch (label error, what changed) and a checkpoint saves it through :meth:`state_dict`
+    store: torch.Tensor
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
         """Take the noisy training labels (N, H, W), integers (int64, or uint8 from a dataset
@@ -265,12 +264,3 @@ class LabelCorrector(Component):
             self.store = labels.to(torch.int64)
         else:
             self.store.copy_(labels)
-
-
-KINDS: dict[str, type[Component]] = {
-    "backbone": Backbone,
-    "noise": NoiseModel,
-    "dataset": Dataset,
-    "reweighter": Reweighter,
-    "corrector": LabelCorrector,
-}

@@ -1,8 +1,9 @@
 """The one typed configuration that a TOML/YAML file, the CLI and the Python API all fill.
 
-Component sections (``dataset``, ``noise``, ``backbone``, ``reweighter``, ``corrector``) hold a
-``name`` and free ``options``; the options are validated by the chosen component's own
-``Options`` model when the run is built, so a plugin brings its own settings.
+Component sections, one per kind of :data:`noisyseg.kinds.KINDS` (``dataset``, ``noise``,
+``backbone``, ``reweighter``, ``corrector``), hold a ``name`` and free ``options``; the options
+are validated by the chosen component's own ``Options`` model when the run is built, so a
+plugin brings its own settings (and the run's config.yaml records them all).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from noisyseg.errors import ConfigError
+from noisyseg.kinds import KINDS
 
 
 class _Section(BaseModel):
@@ -29,27 +31,26 @@ class ComponentSpec(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class DatasetSpec(ComponentSpec):
-    name: str = "synthetic"
-
-
-class BackboneSpec(ComponentSpec):
-    name: str = "unet"
-
-
-class ReweighterSpec(ComponentSpec):
-    name: str = "none"
-
-
-class CorrectorSpec(ComponentSpec):
-    name: str = "none"
-
-
 class NoiseSpec(ComponentSpec):
     """The noise model and the fraction ``rate`` of training images it corrupts."""
 
-    name: str = "dilation"
     rate: float = Field(0.4, ge=0.0, le=1.0, description="fraction r of corrupted training images")
+
+
+#: the one section with fields besides name and options
+_SECTION_BASES: dict[str, type[ComponentSpec]] = {"noise": NoiseSpec}
+
+
+def _component_sections() -> dict[str, Any]:
+    """One config section per kind of component (:data:`noisyseg.kinds.KINDS`), its name
+    defaulting to the kind's default."""
+    sections = {}
+    for key, kind in KINDS.items():
+        spec = create_model(f"{key.capitalize()}Spec", __base__=_SECTION_BASES.get(key, ComponentSpec),
+                            __doc__=f"The {kind.label} picked by name, with its options.",
+                            name=(str, kind.default))
+        sections[key] = (spec, Field(default_factory=spec))
+    return sections
 
 
 class TrainConfig(_Section):
@@ -140,19 +141,21 @@ class OutputConfig(_Section):
     figure_images: int = Field(4, ge=0, le=16, description="images in examples.png (0: none)")
 
 
-class Config(_Section):
+class _Run(_Section):
     """A whole run. Every field has a default: ``Config()`` is the default run."""
 
     seed: int = 0
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
-    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    noise: NoiseSpec = Field(default_factory=NoiseSpec)
-    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
-    reweighter: ReweighterSpec = Field(default_factory=ReweighterSpec)
-    corrector: CorrectorSpec = Field(default_factory=CorrectorSpec)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+#: a whole run: seed, device, one section per kind of component, then train, augment, output
+Config = create_model(
+    "Config", __base__=_Run, __module__=__name__, __doc__=_Run.__doc__,
+    **_component_sections(),
+    train=(TrainConfig, Field(default_factory=TrainConfig)),
+    augment=(AugmentConfig, Field(default_factory=AugmentConfig)),
+    output=(OutputConfig, Field(default_factory=OutputConfig)),
+)
 
 
 def validate(data: dict[str, Any]) -> Config:

@@ -19,7 +19,6 @@ from torch import nn
 
 from noisyseg import distributed, rundir
 from noisyseg.components import (
-    KINDS,
     Backbone,
     Dataset,
     LabelCorrector,
@@ -31,6 +30,7 @@ from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
 from noisyseg.distributed import World
 from noisyseg.errors import ConfigError, DataWarning
+from noisyseg.kinds import KINDS
 from noisyseg.loop import Loop
 from noisyseg.losses import out_channels, per_pixel_loss
 from noisyseg.plugins import Registry, build_plugin_manager
@@ -77,23 +77,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
 class Components:
+    """The run's components, one per kind of :data:`noisyseg.kinds.KINDS`, by its key
+    (``parts.reweighter``). The annotations below are for readers and type checkers; a kind
+    added to the table is here as well."""
+
     dataset: Dataset
     noise: NoiseModel
     backbone: Backbone
     reweighter: Reweighter
     corrector: LabelCorrector
 
+    def __init__(self, built: dict[str, Any]) -> None:
+        self.__dict__.update(built)
+
 
 def build_components(config: Config, registry: Registry) -> Components:
-    return Components(
-        dataset=registry.build("dataset", config.dataset.name, config.dataset.options),
-        noise=registry.build("noise", config.noise.name, config.noise.options),
-        backbone=registry.build("backbone", config.backbone.name, config.backbone.options),
-        reweighter=registry.build("reweighter", config.reweighter.name, config.reweighter.options),
-        corrector=registry.build("corrector", config.corrector.name, config.corrector.options),
-    )
+    """Every kind's component as the config names it, its options validated."""
+    sections = {key: getattr(config, key) for key in KINDS}
+    return Components({key: registry.build(key, s.name, s.options) for key, s in sections.items()})
 
 
 def with_options(config: Config, parts: Components) -> Config:

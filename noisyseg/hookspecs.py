@@ -11,44 +11,31 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from noisyseg.kinds import KINDS, Kind
+
 if TYPE_CHECKING:
     import click
-
-    from noisyseg.components import (
-        Backbone,
-        Dataset,
-        LabelCorrector,
-        NoiseModel,
-        Reweighter,
-    )
 
 hookspec = pluggy.HookspecMarker("noisyseg")
 hookimpl = pluggy.HookimplMarker("noisyseg")
 
 
-@hookspec
-def register_backbones() -> list[type[Backbone]]:
-    """Return backbone classes: each builds an nn.Module mapping images to logits."""
+def _register_hook(kind: Kind) -> Any:
+    """The ``register_*`` hookspec of one kind of component."""
+
+    def register() -> list[type]:
+        """(filled below)"""
+
+    register.__name__ = register.__qualname__ = kind.hook
+    register.__doc__ = (f"Return the {kind.title} a plugin provides: subclasses of "
+                        f"noisyseg.{kind.base_name}, each with a unique name.")
+    return hookspec(register)
 
 
-@hookspec
-def register_noise_models() -> list[type[NoiseModel]]:
-    """Return noise-model classes: each corrupts one clean mask."""
-
-
-@hookspec
-def register_reweighters() -> list[type[Reweighter]]:
-    """Return reweighter classes: each turns a per-pixel loss map into a weight map."""
-
-
-@hookspec
-def register_label_correctors() -> list[type[LabelCorrector]]:
-    """Return label-corrector classes: each owns and may rewrite the training labels."""
-
-
-@hookspec
-def register_datasets() -> list[type[Dataset]]:
-    """Return dataset classes: each loads train / meta / test splits."""
+# one register_* hook per kind of component: register_datasets, register_noise_models,
+# register_backbones, register_reweighters, register_label_correctors (noisyseg.kinds)
+for _kind in KINDS.values():
+    globals()[_kind.hook] = _register_hook(_kind)
 
 
 @hookspec

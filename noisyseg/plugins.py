@@ -20,22 +20,13 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from noisyseg import hookspecs
-from noisyseg.components import KINDS, Component
+from noisyseg.components import Component
 from noisyseg.config import format_errors
 from noisyseg.errors import ConfigError, PluginError
+from noisyseg.kinds import KINDS
 
 GROUP = "noisyseg"
 AUTOLOAD_ENV = "NOISYSEG_DISABLE_PLUGIN_AUTOLOAD"
-
-# kind -> hook that registers it
-_HOOKS = {
-    "backbone": "register_backbones",
-    "noise": "register_noise_models",
-    "dataset": "register_datasets",
-    "reweighter": "register_reweighters",
-    "corrector": "register_label_correctors",
-}
-
 
 class PluginLoadWarning(UserWarning):
     """A plugin could not be loaded and was skipped."""
@@ -113,8 +104,8 @@ class Registry:
             for name, (dist, version) in getattr(pm, "distributions", {}).items()
         }
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        for kind, hook_name in _HOOKS.items():
-            base = KINDS[kind]
+        for kind, row in KINDS.items():
+            base, hook_name = row.base, row.hook
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 plugin = impl.plugin_name
                 result = impl.function()
@@ -142,7 +133,7 @@ class Registry:
         known = self._entries[kind].get(name)
         if known is not None:
             raise PluginError(
-                f"duplicate {base.kind} name '{name}': supplied by plugin '{known.plugin}' "
+                f"duplicate {KINDS[kind].label} name '{name}': supplied by plugin '{known.plugin}' "
                 f"({known.cls.__qualname__}) and by plugin '{plugin}' ({cls.__qualname__})"
             )
         self._entries[kind][name] = Entry(kind, name, cls, plugin, version)
@@ -159,7 +150,7 @@ class Registry:
         try:
             return self._entries[kind][name].cls
         except KeyError:
-            label = KINDS[kind].kind
+            label = KINDS[kind].label
             raise ConfigError(
                 f"unknown {label} '{name}'; choose one of: {', '.join(self.names(kind))}"
             ) from None

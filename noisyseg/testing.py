@@ -27,6 +27,7 @@ from noisyseg.components import (
     RunContext,
     StepContext,
 )
+from noisyseg.kinds import KINDS
 from noisyseg.losses import out_channels, per_pixel_loss
 
 
@@ -313,13 +314,8 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
     assert torch.equal(fresh.labels(torch.arange(6)), after), f"{cls.name}: state does not round-trip"
 
 
-CHECKS = {
-    "backbone": check_backbone,
-    "noise": check_noise_model,
-    "dataset": check_dataset,
-    "reweighter": check_reweighter,
-    "corrector": check_corrector,
-}
+#: kind key -> its contract check (from the table of kinds)
+CHECKS = {key: kind.check for key, kind in KINDS.items()}
 
 
 def run_in_processes(nproc: int, config: dict[str, Any]) -> list[dict[str, Any]]:

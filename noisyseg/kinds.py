@@ -1,0 +1,61 @@
+"""The kinds of component, one row each.
+
+Everything that differs between kinds is in this table, and every other place is derived from
+it: the config's sections (:mod:`noisyseg.config`), the plugin hooks (:mod:`noisyseg.hookspecs`),
+the registry (:mod:`noisyseg.plugins`), the run's components (:mod:`noisyseg.engine`), the command
+line's flags and listings (:mod:`noisyseg.cli`) and the check kit (:mod:`noisyseg.testing`). A new
+kind is one row here, its base class in :mod:`noisyseg.components` and its check in
+:mod:`noisyseg.testing`.
+
+This module imports nothing heavy, so the command line can read it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of component."""
+
+    #: the config section, the registry key and the command-line flag (``--corrector``)
+    key: str
+    #: its base class, by name, in :mod:`noisyseg.components`
+    base_name: str
+    #: the plugin hook that returns its classes
+    hook: str
+    #: one of them, in messages ("unknown label corrector 'x'")
+    label: str
+    #: several, in listings (``noisyseg plugins``)
+    title: str
+    #: the name a run uses when the config gives none
+    default: str
+    #: its contract check, by name, in :mod:`noisyseg.testing`
+    check_name: str
+
+    @property
+    def base(self) -> Any:
+        """The base class (imports :mod:`noisyseg.components`, hence torch)."""
+        return getattr(import_module("noisyseg.components"), self.base_name)
+
+    @property
+    def check(self) -> Any:
+        """The check kit's function for this kind."""
+        return getattr(import_module("noisyseg.testing"), self.check_name)
+
+
+KINDS: dict[str, Kind] = {kind.key: kind for kind in (
+    Kind("dataset", "Dataset", "register_datasets", "dataset", "datasets", "synthetic",
+         "check_dataset"),
+    Kind("noise", "NoiseModel", "register_noise_models", "noise model", "noise models", "dilation",
+         "check_noise_model"),
+    Kind("backbone", "Backbone", "register_backbones", "backbone", "backbones", "unet",
+         "check_backbone"),
+    Kind("reweighter", "Reweighter", "register_reweighters", "reweighter", "reweighters", "none",
+         "check_reweighter"),
+    Kind("corrector", "LabelCorrector", "register_label_correctors", "label corrector",
+         "label correctors", "none", "check_corrector"),
+)}
