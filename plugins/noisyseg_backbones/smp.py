@@ -40,7 +40,7 @@ class SMPOptions(BaseModel):
     arch: str = Field("Unet", description="Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Linknet, ...")
     encoder_name: str = Field("resnet18", description="an smp encoder or a timm one as tu-<name>")
     encoder_weights: str | None = Field(None, description="e.g. imagenet (downloads!); default none")
-    encoder_depth: int = Field(5, ge=1, le=5)
+    encoder_depth: int = Field(5, ge=1, le=5, description="encoder stages used (fewer: a smaller network)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="more arguments for the arch")
 
 

@@ -71,7 +71,7 @@ class UNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_channels: int = Field(16, ge=1, le=512, description="channels at full resolution")
     depth: int = Field(3, ge=1, le=7, description="number of poolings")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each block (0: none)")
 
 
 class UNetBackbone(Backbone):

@@ -104,8 +104,8 @@ def to_mask(array: np.ndarray, name: str) -> np.ndarray:
 class FolderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: Path = Field(..., description="folder holding images/ and masks/ (or train/, test/, meta/)")
-    images_dir: str = "images"
-    masks_dir: str = "masks"
+    images_dir: str = Field("images", description="name of the images folder (under root or each split)")
+    masks_dir: str = Field("masks", description="name of the masks folder, paired with images by file name")
     num_classes: int | None = Field(None, ge=2, description="default: read from the mask values")
     mask_threshold: float | None = Field(None, description="binary masks: label = value > threshold")
     mask_values: dict[int, int] | None = Field(
@@ -113,7 +113,7 @@ class FolderOptions(BaseModel):
     )
     meta_fraction: float = Field(0.1, ge=0, lt=1, description="when there are no split folders")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="when there are no split folders")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="seed of the train/meta/test cut (not the run's seed)")
     stream: bool = Field(False, description="read the files once into a cache of arrays mapped "
                          "from disk and train from there: memory stays flat however large the set")
     cache_dir: Path | None = Field(None, description="stream: where the cache goes (default "

@@ -46,14 +46,14 @@ def load_volumes() -> dict[str, np.ndarray]:
 class MNIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: Literal["gm", "wm", "both"] = Field("wm", description="gm, wm, or both as 3 classes")
-    patch: int = Field(64, ge=16, le=192)
-    stride: int = Field(48, ge=4)
+    patch: int = Field(64, ge=16, le=192, description="patch side (px)")
+    stride: int = Field(48, ge=4, description="step between patches (px)")
     slice_step: int = Field(2, ge=1, description="use every n-th axial slice")
     block: int = Field(6, ge=1, description="neighbouring used slices per split block")
-    meta_fraction: float = Field(0.1, ge=0, lt=1)
-    test_fraction: float = Field(0.3, gt=0, lt=1)
+    meta_fraction: float = Field(0.1, ge=0, lt=1, description="share of slice blocks in the clean meta split")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="share of slice blocks in the test split")
     min_foreground: float = Field(0.05, ge=0, le=1, description="drop patches with less foreground")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="seed of the block-wise split (not the run's seed)")
 
     @model_validator(mode="after")
     def _check(self) -> MNIOptions:

@@ -22,8 +22,11 @@ class L2RWOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     alpha: float = Field(1e-2, gt=0, description="learning rate of the virtual step")
     per: Literal["pixel", "image"] = Field("pixel", description="one weight per pixel or per image")
-    virtual: Literal["sgd", "adam"] = "sgd"
-    method: Literal["auto", "higher", "jvp"] = "auto"
+    virtual: Literal["sgd", "adam"] = Field(
+        "sgd", description="virtual step: plain SGD (Algorithm 1) or differentiable Adam")
+    method: Literal["auto", "higher", "jvp"] = Field(
+        "auto", description="meta-gradient: higher (double backward) or jvp (forward-mode AD, "
+        "SGD virtual step only); auto picks jvp when it applies")
 
     @model_validator(mode="after")
     def _check(self) -> L2RWOptions:

@@ -27,8 +27,8 @@ class RadiusOptions(BaseModel):
     """A radius drawn uniformly from the integers min_radius..max_radius (inclusive)."""
 
     model_config = ConfigDict(extra="forbid")
-    min_radius: int = Field(0, ge=0, le=64)
-    max_radius: int = Field(6, ge=0, le=64)
+    min_radius: int = Field(0, ge=0, le=64, description="smallest disk radius (px), drawn per image")
+    max_radius: int = Field(6, ge=0, le=64, description="largest disk radius (px), drawn per image")
 
     @model_validator(mode="after")
     def _ordered(self) -> RadiusOptions:
