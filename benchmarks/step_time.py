@@ -28,7 +28,7 @@ import torch
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.engine import resolve_device
 from noisyseg.losses import per_pixel_loss
-from noisyseg.step import train_step
+from noisyseg.step import Batch, train_step
 from noisyseg.testing import cpu_run_context
 
 # name -> (reweighter, options)
@@ -71,8 +71,8 @@ def one(state, x, y, meta, step: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train_step(model, optimizer, reweighter, x, y, meta if reweighter.needs_meta_batch else None,
-               step, 0, device)
+    train_step(model, optimizer, reweighter,
+               Batch(x, y, meta if reweighter.needs_meta_batch else None), step, 0, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1000

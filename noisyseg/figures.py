@@ -1,7 +1,9 @@
-"""Pictures a person looks at after a run: example predictions and training curves."""
+"""Pictures a person looks at: example predictions, training curves and augmentation draws, and
+the rows of images they show."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,52 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from noisyseg.step import predict_all  # noqa: E402
+
+
+def example_rows(model: torch.nn.Module, train_set: Any, test: Any, n: int, device: torch.device,
+                 preview_weights: Callable[[torch.Tensor], np.ndarray | None]) -> list[dict[str, Any]]:
+    """Rows of :func:`save_examples`: up to (n + 1) // 2 training images (corrupted ones first)
+    with clean and noisy masks, prediction and the reweighter's ``preview_weights(index)``, then
+    test images up to n in all."""
+    corrupted = torch.nonzero(train_set.corrupted).flatten()[: (n + 1) // 2]
+    train_idx = corrupted if len(corrupted) else torch.arange(min(len(train_set), (n + 1) // 2))
+    test_idx = np.arange(min(len(test), n - len(train_idx)))
+    rows = []
+    train_pred = predict_all(model, train_set.images[train_idx], device)
+    weights = preview_weights(train_idx) if len(train_idx) else None
+    for k, i in enumerate(train_idx.tolist()):
+        rows.append({
+            "title": f"train #{i}" + (" (corrupted)" if bool(train_set.corrupted[i]) else ""),
+            "image": train_set.images[i].numpy(), "clean": train_set.clean[i].numpy(),
+            "noisy": train_set.noisy[i].numpy(), "pred": train_pred[k],
+            "weight": None if weights is None else weights[k],
+        })
+    test_pred = predict_all(model, torch.from_numpy(np.asarray(test.images[test_idx])), device)
+    for k, i in enumerate(test_idx.tolist()):
+        rows.append({"title": f"test #{i}", "image": test.images[i], "clean": test.masks[i],
+                     "pred": test_pred[k]})
+    return rows
+
+
+def augmented_rows(train_set: Any, labels_of: Callable[[torch.Tensor], torch.Tensor], augment: Any,
+                   n: int, draws: int) -> list[dict[str, Any]]:
+    """Rows of :func:`save_augmented`: n training images (corrupted ones first) with their
+    training masks, and the augmentation's draws of the first ``draws`` steps, as training sees
+    them."""
+    index = torch.cat([torch.nonzero(train_set.corrupted).flatten(),
+                       torch.nonzero(~train_set.corrupted).flatten()])[:n]
+    labels = labels_of(index)
+    rows = [{"title": f"train #{i}", "images": [train_set.images[i].numpy()], "masks": [labels[k].numpy()]}
+            for k, i in enumerate(index.tolist())]
+    for step in range(draws):
+        out = augment(train_set.images[index], [labels], step, index)
+        for k, row in enumerate(rows):
+            row["images"].append(out.images[k].numpy())
+            row["masks"].append(out.masks[0][k].numpy())
+    return rows
 
 
 def _show_image(ax: Any, image: np.ndarray) -> None:

@@ -20,7 +20,6 @@ evaluates, writes the run directory and draws the pictures.
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from noisyseg.errors import CheckpointError, NumericalError
 from noisyseg.losses import class_probs
 from noisyseg.metrics import detection_auroc, image_table, summarise
 from noisyseg.scratch import as_tensor, chunks
-from noisyseg.step import predict_all, step_context, train_step
+from noisyseg.step import Batch, predict_all, step_context, train_step
 
 if TYPE_CHECKING:
     from noisyseg.engine import Components
@@ -144,11 +143,10 @@ class Loop:
         try:
             out = train_step(
                 self.model, self.optimizer, self.parts.reweighter,
-                batch.images, labels, meta, self.step, epoch, self.device,
-                self.cfg.train.grad_clip, self.cfg.train.on_nonfinite,
-                forward=self.forward, world=self.world, index=index,
-                apply_weights=self.cfg.train.apply_weights,
-                clean_labels=clean if ts.region is not None else None,
+                Batch(batch.images, labels, meta, index, clean if ts.region is not None else None),
+                self.step, epoch, self.device, grad_clip=self.cfg.train.grad_clip,
+                on_nonfinite=self.cfg.train.on_nonfinite, apply_weights=self.cfg.train.apply_weights,
+                forward=self.forward, world=self.world,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
@@ -298,6 +296,7 @@ class Loop:
         return dice
 
     def _state(self, epoch: int) -> dict[str, Any]:
+        """Everything a resume needs, under :data:`rundir.CHECKPOINT_KEYS`."""
         return {
             "epoch": epoch + 1,
             "step": self.step,
@@ -309,12 +308,7 @@ class Loop:
             "corrector": self.parts.corrector.state_dict(),
             "generator": self.generator.get_state(),
             "meta": self.meta.state_dict() if self.meta is not None else None,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": rundir.rng_state(),
             "history": self.history,
             "best": self.best,
         }
@@ -331,12 +325,7 @@ class Loop:
             if self.meta is not None:
                 self.meta.load_state_dict(state["meta"])
             self.generator.set_state(state["generator"])
-            rng = state["rng"]
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            rundir.set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(
@@ -375,28 +364,18 @@ class Loop:
         rundir.write_final(self.run_dir, final)
         figures.save_curves(self.run_dir / rundir.CURVES, self.history)
         if self.cfg.output.figure_images:
-            figures.save_examples(
-                self.run_dir / rundir.EXAMPLES, self._example_rows(), self.splits.num_classes
-            )
+            rows = figures.example_rows(self.model, self.train_set, self.splits.test,
+                                        self.cfg.output.figure_images, self.device,
+                                        self._preview_weights)
+            figures.save_examples(self.run_dir / rundir.EXAMPLES, rows, self.splits.num_classes)
         return final
 
     def save_augmented(self, draws: int = 4) -> None:
-        """augment.png: a few training images (corrupted ones first) and draws of the
-        augmentation with their training masks, before training starts (rank 0)."""
-        if not (self.augment.active and self.cfg.output.figure_images and self.world.is_main):
-            return
-        ts = self.train_set
-        index = torch.cat([torch.nonzero(ts.corrupted).flatten(), torch.nonzero(~ts.corrupted).flatten()])
-        index = index[: min(self.cfg.output.figure_images, 4)]
-        labels = self.parts.corrector.labels(index)
-        rows = [{"title": f"train #{i}", "images": [ts.images[i].numpy()], "masks": [labels[k].numpy()]}
-                for k, i in enumerate(index.tolist())]
-        for step in range(draws):  # the draws of the first steps, as training will see them
-            out = self.augment(ts.images[index], [labels], step, index)
-            for k, row in enumerate(rows):
-                row["images"].append(out.images[k].numpy())
-                row["masks"].append(out.masks[0][k].numpy())
-        figures.save_augmented(self.run_dir / rundir.AUGMENT, rows)
+        """augment.png, before training starts (rank 0; only when the config augments)."""
+        if self.augment.active and self.cfg.output.figure_images and self.world.is_main:
+            rows = figures.augmented_rows(self.train_set, self.parts.corrector.labels, self.augment,
+                                          min(self.cfg.output.figure_images, 4), draws)
+            figures.save_augmented(self.run_dir / rundir.AUGMENT, rows)
 
     def _preview_weights(self, index: torch.Tensor) -> np.ndarray | None:
         """The reweighter's current weight maps of some training images (model in eval mode,
@@ -406,37 +385,12 @@ class Loop:
         meta = next(self.meta) if self.meta is not None else None
         self.model.eval()
         try:
-            ctx = step_context(
-                self.model, self.optimizer, self.train_set.images[index],
-                self.parts.corrector.labels(index), meta, self.step, len(self.history), self.device,
-                index=index, clean_labels=self._known_clean(index),
-            )
+            batch = Batch(self.train_set.images[index], self.parts.corrector.labels(index), meta,
+                          index, self._known_clean(index))
+            ctx = step_context(self.model, self.optimizer, batch, self.step, len(self.history),
+                               self.device)
             weights = self.parts.reweighter.preview(ctx)
         finally:
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
         return None if weights is None else weights.detach().cpu().numpy()
-
-    def _example_rows(self) -> list[dict[str, Any]]:
-        n = self.cfg.output.figure_images
-        ts = self.train_set
-        corrupted = torch.nonzero(ts.corrupted).flatten()[: (n + 1) // 2]
-        train_idx = corrupted if len(corrupted) else torch.arange(min(len(ts), (n + 1) // 2))
-        test_idx = np.arange(min(len(self.splits.test), n - len(train_idx)))
-        rows = []
-        train_pred = predict_all(self.model, ts.images[train_idx], self.device)
-        weights = self._preview_weights(train_idx)
-        for k, i in enumerate(train_idx.tolist()):
-            rows.append({
-                "title": f"train #{i}" + (" (corrupted)" if bool(ts.corrupted[i]) else ""),
-                "image": ts.images[i].numpy(), "clean": ts.clean[i].numpy(),
-                "noisy": ts.noisy[i].numpy(), "pred": train_pred[k],
-                "weight": None if weights is None else weights[k],
-            })
-        test_pred = predict_all(self.model, torch.from_numpy(self.splits.test.images[test_idx]), self.device)
-        for k, i in enumerate(test_idx.tolist()):
-            rows.append({
-                "title": f"test #{i}", "image": self.splits.test.images[i],
-                "clean": self.splits.test.masks[i], "pred": test_pred[k],
-            })
-        return rows

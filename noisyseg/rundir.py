@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from noisyseg.config import Config, dump
@@ -88,8 +90,30 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
 
 
-_CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler", "reweighter",
-                    "corrector", "generator", "rng", "history")
+#: what a checkpoint holds (the training loop writes exactly these); a resume needs all but
+#: :data:`OPTIONAL_KEYS`
+CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler", "reweighter",
+                   "corrector", "generator", "meta", "rng", "history", "best")
+OPTIONAL_KEYS = ("meta", "best")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random generator a run draws from (Python, NumPy, torch, CUDA)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned."""
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _read(path: Path, what: str) -> Any:
@@ -114,7 +138,8 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     if (run_dir / FINAL).exists():
         raise ConfigError(f"cannot resume: {run_dir} holds a finished run ({FINAL}); nothing to do")
     state = _read(path, "cannot resume")
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in CHECKPOINT_KEYS
+               if k not in OPTIONAL_KEYS and (not isinstance(state, dict) or k not in state)]
     if missing:
         raise CheckpointError(
             f"cannot resume: {path} lacks {', '.join(missing)}; it is not a noisyseg checkpoint"

@@ -34,6 +34,23 @@ def predict_all(
 
 
 @dataclass
+class Batch:
+    """One training batch as the step takes it (augmented, when the config augments).
+
+    Shape:
+        images - (N, C, H, W); labels - (N, H, W), the labels trained on; meta - ((M, C, H, W),
+        (M, H, W)) a clean meta batch, or None; index - (N,) the images' positions in the
+        training set, or None; clean_labels - (N, H, W) their truth when the run knows it, or None
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: tuple[torch.Tensor, torch.Tensor] | None = None
+    index: torch.Tensor | None = None
+    clean_labels: torch.Tensor | None = None
+
+
+@dataclass
 class StepOutput:
     loss: float
     weights: torch.Tensor = field(repr=False)
@@ -45,37 +62,30 @@ def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     reweighter: Reweighter,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    meta: tuple[torch.Tensor, torch.Tensor] | None,
+    batch: Batch,
     step: int,
     epoch: int,
     device: torch.device,
+    *,
     grad_clip: float | None = None,
     on_nonfinite: str = "stop",
-    *,
+    apply_weights: bool = True,
     forward: nn.Module | None = None,
     world: World | None = None,
-    index: torch.Tensor | None = None,
-    apply_weights: bool = True,
-    clean_labels: torch.Tensor | None = None,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
     A NaN or infinite loss raises :class:`NumericalError`, or with ``on_nonfinite="skip"`` the
-    step is not taken and the output's ``skipped`` is True. ``forward`` runs the training
+    step is not taken and the output's ``skipped`` is True; negative or non-finite weights are
+    the reweighter's error (:class:`NoisysegError`). ``apply_weights=False``: the weights are
+    computed and returned but the step takes the plain ``mean(L)``. ``forward`` runs the training
     forward (default ``model``; a DistributedDataParallel wrapper among several processes of
-    ``world``, which then all stop or skip when the loss of any one is not finite). ``index``:
-    the batch's positions in the training set, handed to the reweighter. ``apply_weights=False``:
-    the weights are computed and returned but the step takes the plain ``mean(L)``.
-    ``clean_labels``: the batch's true labels when the run knows them (for ceilings).
+    ``world``, which then all stop or skip when the loss of any one is not finite).
 
     Shape:
-        images - (N, C, H, W); labels - (N, H, W); meta - ((M, C, H, W), (M, H, W)) or None;
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    ctx = step_context(model, optimizer, images, labels, meta, step, epoch, device, forward, index,
-                       clean_labels)
+    ctx = step_context(model, optimizer, batch, step, epoch, device, forward)
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
@@ -111,25 +121,20 @@ def train_step(
 def step_context(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    meta: tuple[torch.Tensor, torch.Tensor] | None,
+    batch: Batch,
     step: int,
     epoch: int,
     device: torch.device,
     forward: nn.Module | None = None,
-    index: torch.Tensor | None = None,
-    clean_labels: torch.Tensor | None = None,
 ) -> StepContext:
-    """Forward ``images`` (moved to ``device`` with labels and meta batch) through ``forward``
-    (default ``model``) and wrap the result; the context's model is always ``model`` itself.
-    ``index``: the images' positions in the training set."""
-    x, y = images.to(device), labels.to(device)
+    """Forward the batch's images (moved to ``device`` with its labels and meta batch) through
+    ``forward`` (default ``model``) and wrap the result; the context's model is always ``model``."""
+    x, y = batch.images.to(device), batch.labels.to(device)
     logits = (forward or model)(x)
-    meta_x, meta_y = (None, None) if meta is None else (t.to(device) for t in meta)
+    meta_x, meta_y = (None, None) if batch.meta is None else (t.to(device) for t in batch.meta)
     return StepContext(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
         loss_map=per_pixel_loss(logits, y), step=step, epoch=epoch,
-        meta_images=meta_x, meta_labels=meta_y, index=index,
-        clean_labels=None if clean_labels is None else clean_labels.to(device),
+        meta_images=meta_x, meta_labels=meta_y, index=batch.index,
+        clean_labels=None if batch.clean_labels is None else batch.clean_labels.to(device),
     )

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 import noisyseg
-from noisyseg import NoisysegError, Reweighter, StepContext, build_plugin_manager, hookimpl
+from noisyseg import NoisysegError, Reweighter, StepContext, build_plugin_manager, hookimpl, rundir
 from noisyseg.cli import cli
 from noisyseg.testing import check_reweighter, tiny_run_config
 
@@ -108,6 +108,9 @@ def test_a_runs_config_yaml_holds_every_option_of_every_component(tmp_path: Path
     noisyseg.run(tiny_run_config(reweighter={"name": "mcpm", "options": {"alpha": 0.02}},
                                  output={"dir": str(out)}), progress=False)
     saved = yaml.safe_load((out / "config.yaml").read_text())
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert set(checkpoint) == set(rundir.CHECKPOINT_KEYS)          # one list of what it holds
+    assert checkpoint["config"]["reweighter"]["options"]["alpha"] == 0.02
     assert saved["reweighter"]["options"]["alpha"] == 0.02          # given
     assert saved["reweighter"]["options"]["meta_lr"] == 0.001       # a default, written down
     assert saved["dataset"]["options"]["noise_std"] == 0.06

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.metrics import evaluate
-from noisyseg.step import train_step
+from noisyseg.step import Batch, train_step
 from noisyseg.testing import cpu_run_context
 
 _REGISTRY = Registry(build_plugin_manager())
@@ -72,8 +72,8 @@ def test_one_training_step_of_every_reweighter(name: str, batch: list[np.ndarray
     reweighter.setup(run)
     images = labels[:, None].float() + 0.1 * torch.randn(4, 1, SIZE, SIZE)
     meta = (images[:2].clone(), labels[:2].clone()) if reweighter.needs_meta_batch else None
-    out = train_step(model, optimizer, reweighter, images, labels, meta, 0, 0, torch.device("cpu"),
-                     index=torch.arange(4), clean_labels=labels.clone())
+    batch = Batch(images, labels, meta, index=torch.arange(4), clean_labels=labels.clone())
+    out = train_step(model, optimizer, reweighter, batch, 0, 0, torch.device("cpu"))
     assert math.isfinite(out.loss)
     assert torch.isfinite(out.weights).all() and (out.weights >= 0).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())
