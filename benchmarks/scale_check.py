@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import grid as grid_module  # noqa: E402  (benchmarks/grid.py)
 
-from noisyseg.testing import process_differences, run_in_processes, tiny_run_config  # noqa: E402
+from noisyseg.lockstep import process_differences, run_in_processes  # noqa: E402
+from noisyseg.testing import tiny_run_config  # noqa: E402
 
 TINY_GRID = {
     "name": "scale-check",

@@ -227,6 +227,8 @@ class LabelCorrector(Component):
     observes_predictions: ClassVar[bool] = False
     #: the loop calls :meth:`observe_weights` with each batch's reweighter weights when True
     observes_weights: ClassVar[bool] = False
+    #: False when the labels never change: the loop then keeps no copy of them to count changes
+    changes_labels: ClassVar[bool] = True
     #: the current training labels (N, H, W), integers, on the CPU (in memory, or in mapped files
     #: for a dataset that streams): :meth:`setup` makes it; the loop reads it at the end of each
     #: epoch (label error, what changed) and a checkpoint saves it through :meth:`state_dict`
@@ -264,3 +266,19 @@ class LabelCorrector(Component):
             self.store = labels.to(torch.int64)
         else:
             self.store.copy_(labels)
+
+
+# --------------------------------------------------------------------------- a run's set
+class Components:
+    """The run's components, one per kind of :data:`noisyseg.kinds.KINDS`, by its key
+    (``parts.reweighter``). The annotations below are for readers and type checkers; a kind
+    added to the table is here as well."""
+
+    dataset: Dataset
+    noise: NoiseModel
+    backbone: Backbone
+    reweighter: Reweighter
+    corrector: LabelCorrector
+
+    def __init__(self, built: dict[str, Any]) -> None:
+        self.__dict__.update(built)

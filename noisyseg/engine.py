@@ -18,14 +18,7 @@ import torch
 from torch import nn
 
 from noisyseg import distributed, rundir
-from noisyseg.components import (
-    Backbone,
-    Dataset,
-    LabelCorrector,
-    NoiseModel,
-    Reweighter,
-    RunContext,
-)
+from noisyseg.components import Components, LabelCorrector, Reweighter, RunContext
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
 from noisyseg.distributed import World
@@ -75,21 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class Components:
-    """The run's components, one per kind of :data:`noisyseg.kinds.KINDS`, by its key
-    (``parts.reweighter``). The annotations below are for readers and type checkers; a kind
-    added to the table is here as well."""
-
-    dataset: Dataset
-    noise: NoiseModel
-    backbone: Backbone
-    reweighter: Reweighter
-    corrector: LabelCorrector
-
-    def __init__(self, built: dict[str, Any]) -> None:
-        self.__dict__.update(built)
 
 
 def build_components(config: Config, registry: Registry) -> Components:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pluggy
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from noisyseg import figures, rundir
 from noisyseg.augment import Augmenter, to_original
-from noisyseg.components import Splits
+from noisyseg.components import Components, Splits
 from noisyseg.config import Config
 from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
 from noisyseg.distributed import World
@@ -41,9 +41,6 @@ from noisyseg.losses import class_probs
 from noisyseg.metrics import detection_auroc, image_table, summarise
 from noisyseg.scratch import as_tensor, chunks
 from noisyseg.step import Batch, predict_all, step_context, train_step
-
-if TYPE_CHECKING:
-    from noisyseg.engine import Components
 
 #: at most this many training pixels per epoch are kept to score the weights (AUROC)
 _WEIGHT_SAMPLE = 1_000_000
@@ -205,7 +202,7 @@ class Loop:
                 bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
                 start, losses = time.perf_counter(), []
                 stats = WeightStats(cfg.seed + epoch)
-                labels_before = self._snapshot()
+                labels_before = self._snapshot() if self.parts.corrector.changes_labels else None
                 self.model.train()
                 for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
                     losses.append(self._step(index, epoch, stats))
@@ -222,7 +219,7 @@ class Loop:
         return self.history
 
     def _end_epoch(
-        self, epoch: int, losses: list[float], stats: WeightStats, labels_before: torch.Tensor,
+        self, epoch: int, losses: list[float], stats: WeightStats, labels_before: torch.Tensor | None,
         seconds: float,
     ) -> dict[str, Any]:
         corrector_metrics = self.parts.corrector.end_epoch(epoch)
@@ -261,12 +258,13 @@ class Loop:
             self._before = self.train_set.scratch.tensor(tuple(store.shape), store.dtype)
         return self._before.copy_(store)
 
-    def _label_changes(self, before: torch.Tensor) -> dict[str, float]:
-        """Training-label error against the clean masks, and what the corrector changed this epoch:
-        how many pixels and the fraction of them that now hold the clean label (precision)."""
+    def _label_changes(self, before: torch.Tensor | None) -> dict[str, float]:
+        """Training-label error against the clean masks, and what the corrector changed this epoch
+        (``before``: its labels at the epoch's start; None: it never changes them): how many
+        pixels and the fraction of them that now hold the clean label (precision)."""
         store, clean = self.parts.corrector.store, self.train_set.clean
         n = right = 0
-        for part in chunks(len(store)):
+        for part in chunks(len(store) if before is not None else 0):
             changed = store[part] != before[part]
             n += int(changed.sum())
             right += int((store[part][changed] == clean[part][changed]).sum())

@@ -18,7 +18,8 @@ from noisyseg import ConfigError, build_plugin_manager, run
 from noisyseg.cli import cli
 from noisyseg.distributed import World, check_nproc
 from noisyseg.engine import resolve_device
-from noisyseg.testing import process_differences, run_in_processes, tiny_run_config
+from noisyseg.lockstep import process_differences, run_in_processes
+from noisyseg.testing import tiny_run_config
 
 
 def test_shards_of_a_batch_are_disjoint_and_cover_it() -> None:

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from noisyseg import Registry, StepContext
 from noisyseg.losses import per_pixel_loss
-from noisyseg.meta import meta_gradient, meta_pixel_gradient
+from noisyseg.reweighting.virtual_step import meta_gradient, meta_pixel_gradient
 from noisyseg.testing import cpu_run_context
 
 ALPHA = 0.5
@@ -189,7 +189,7 @@ def test_first_order_meta_gradient_is_the_small_alpha_limit() -> None:
 
 
 def test_model_without_second_derivative_gets_a_clear_error() -> None:
-    from noisyseg.meta import SecondOrderError, _explain
+    from noisyseg.reweighting.virtual_step import SecondOrderError, _explain
 
     # what torch says for an op without double backward (e.g. hardswish in older releases)
     err = RuntimeError("derivative for aten::hardswish_backward is not implemented")

@@ -22,6 +22,7 @@ class NoneCorrector(LabelCorrector):
     """No correction: the labels stay as given."""
 
     name = "none"
+    changes_labels = False
 
 
 @hookimpl

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from noisyseg import Reweighter, RunContext, StepContext, hookimpl, mean_one
-from noisyseg.meta import meta_gradient, meta_pixel_gradient
+from noisyseg.reweighting.virtual_step import meta_gradient, meta_pixel_gradient
 
 
 class L2RWOptions(BaseModel):

@@ -4,7 +4,7 @@ Reference: Wang, Zhou, et al., "Meta Corrupted Pixels Mining for Medical Image S
 MICCAI 2020. A meta mask network G reads the per-pixel loss map L and gives every pixel a weight
 R = G(L; Theta) (Sec. 3.2); Theta is learned on a clean meta set through a virtual step of the
 segmentation network (Eqs. 3-4) and the real step uses the updated weights (Eq. 5). The iteration
-itself is :class:`noisyseg.metanet.MetaNetReweighter`.
+itself is :class:`noisyseg.reweighting.weighting_net.MetaNetReweighter`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from noisyseg import Reweighter, hookimpl
-from noisyseg.metanet import MetaNetOptions, MetaNetReweighter
+from noisyseg.reweighting.weighting_net import MetaNetOptions, MetaNetReweighter
 
 
 class MaskNet(nn.Module):

@@ -3,7 +3,7 @@
 Reference: Shu et al., "Meta-Weight-Net: Learning an Explicit Mapping For Sample Weighting",
 NeurIPS 2019. An MLP 1 -> 100 -> 1 (ReLU, sigmoid) maps each loss value to a weight (Sec. 3,
 Eq. 2), learned through the same virtual/meta step as MCPM (Eqs. 4-6), see
-:class:`noisyseg.metanet.MetaNetReweighter`. Per pixel (default) each pixel's loss is mapped
+:class:`noisyseg.reweighting.weighting_net.MetaNetReweighter`. Per pixel (default) each pixel's loss is mapped
 alone — no spatial context, the difference MCPM exploits; per image the image's mean loss is.
 """
 
@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from noisyseg import Reweighter, hookimpl
-from noisyseg.metanet import MetaNetOptions, MetaNetReweighter
+from noisyseg.reweighting.weighting_net import MetaNetOptions, MetaNetReweighter
 
 
 class WeightMLP(nn.Module):

@@ -13,7 +13,7 @@ batch is not forwarded a second time. higher runs the virtual model on copies of
 buffers: the real model's running statistics do not change.
 
 :func:`meta_pixel_gradient` computes the same gradient for a plain-SGD virtual step without any
-double backward (design.md §7): with v = grad_W L^(W'),
+double backward: with v = grad_W L^(W') (the chain rule through the SGD step),
 
     dL^/dR_i = -(alpha / P) * <grad_W L_i(W), v>               (P = number of pixels)
 

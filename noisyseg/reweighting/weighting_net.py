@@ -1,5 +1,5 @@
 """A base for reweighters that learn a weighting network through the virtual step
-(:mod:`noisyseg.meta`): subclasses supply the network; this class runs the iteration
+(:mod:`noisyseg.reweighting.virtual_step`): subclasses supply the network; this class runs the iteration
 
     1. L = loss map at W_t;  R_t = G(L; Theta_t)
     2. W'(Theta) = W_t - alpha * grad_W mean(R_t * L)                     (virtual step)
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from noisyseg.components import Reweighter, RunContext, StepContext
-from noisyseg.meta import meta_gradient, meta_pixel_gradient
+from noisyseg.reweighting.virtual_step import meta_gradient, meta_pixel_gradient
 
 
 class MetaNetOptions(BaseModel):
