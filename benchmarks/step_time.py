@@ -10,7 +10,11 @@ CUDA.
 
     python benchmarks/step_time.py [--rounds 20] [--device cpu]
 
-One line per method: ``<name> <ms> <ratio-to-plain> <peak MB>``; last line ``mcpm_ratio=<x>``.
+One line per method: ``<name> <ms> <ratio-to-plain> <peak MB>``; then the cosine similarity
+between the exact per-pixel meta-gradient dL^/dR and the one with the virtual step in the last k
+modules only (``meta_layers = k``), on the default U-Net after 30 plain Adam steps; last line
+``mcpm_ratio=<x> fast_ratio=<y> fast_cosine=<c>``: the default mcpm, and ``mcpm_head``
+(``meta_layers = 1``) with its cosine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.engine import resolve_device
 from noisyseg.losses import per_pixel_loss
+from noisyseg.reweighting.virtual_step import meta_pixel_gradient
 from noisyseg.step import Batch, train_step
 from noisyseg.testing import cpu_run_context
 
@@ -38,9 +43,13 @@ METHODS = {
     "mcpm_k5": ("mcpm", {"interval": 5}),
     "mcpm_higher": ("mcpm", {"method": "higher"}),
     "mcpm_first_order": ("mcpm", {"first_order": True}),
+    "mcpm_head": ("mcpm", {"meta_layers": 1}),
+    "mcpm_last12": ("mcpm", {"meta_layers": 12}),
+    "mcpm_head_k2": ("mcpm", {"meta_layers": 1, "interval": 2}),
     "mwnet": ("mwnet", {}),
     "mwnet_higher": ("mwnet", {"method": "higher"}),
     "l2rw": ("l2rw", {}),
+    "l2rw_head": ("l2rw", {"meta_layers": 1}),
     "l2rw_higher": ("l2rw", {"method": "higher"}),
 }
 
@@ -129,7 +138,32 @@ def main() -> None:
         ms = statistics.mean(times[name])
         mem = "" if args.no_memory else f" {peak_memory(name, args.device, args.batch):.0f}MB"
         print(f"{name} {ms:.1f} {ms / plain:.2f}{mem}", flush=True)
-    print(f"mcpm_ratio={statistics.mean(times['mcpm']) / plain:.2f}")
+    cosines = {k: cosine(registry, base, x, y, meta, device, k) for k in (1, 3, 6, 12, 24)}
+    for k, c in cosines.items():
+        print(f"meta_layers={k} cosine={c:.3f}")
+    fast = f"{statistics.mean(times['mcpm_head']) / plain:.2f}" if "mcpm_head" in times else "nan"
+    print(f"mcpm_ratio={statistics.mean(times['mcpm']) / plain:.2f} fast_ratio={fast} "
+          f"fast_cosine={cosines[1]:.3f}")
+
+
+def cosine(registry, base, x, y, meta, device: torch.device, layers: int) -> float:
+    """Cosine similarity of dL^/dR with ``meta_layers = layers`` and the exact one (weights 1)."""
+    model = copy.deepcopy(base)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = x.to(device), y.to(device)
+    torch.manual_seed(0)
+    for _ in range(30):  # past the initialisation, where every gradient looks alike
+        optimizer.zero_grad()
+        per_pixel_loss(model(x), y).mean().backward()
+        optimizer.step()
+    mx, my = (t.to(device) for t in meta)
+    w = torch.ones(y.shape, device=device)
+    grads = []
+    for k in (None, layers):
+        loss = per_pixel_loss(model(x), y)
+        grads.append(meta_pixel_gradient(model, x, y, loss, w, mx, my, per_pixel_loss, 0.01,
+                                         layers=k)[1].flatten())
+    return float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
 
 
 if __name__ == "__main__":

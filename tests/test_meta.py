@@ -204,3 +204,36 @@ def test_model_without_second_derivative_gets_a_clear_error() -> None:
     eps = torch.rand_like(loss, requires_grad=True)
     with pytest.raises(SecondOrderError, match="torch.compile"):
         meta_gradient(compiled, loss, eps, x, y, [eps], per_pixel_loss, ALPHA)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_meta_layers_is_the_exact_gradient_with_the_other_layers_fixed(layers: int) -> None:
+    """meta_layers = k equals higher's double backward on the same model with every parameter
+    outside the last k modules frozen; with k covering every module it is the exact gradient."""
+    from noisyseg.reweighting.virtual_step import last_layers
+
+    torch.manual_seed(0)
+    model = UNet(1, 1, base=4, depth=2)
+    x, y = _batch(4, size=16)
+    xm, ym = _batch(2, size=16, seed=1)
+    loss = per_pixel_loss(model(x), y)
+    weights = torch.rand_like(loss)
+    _, cheap = meta_pixel_gradient(model, x, y, loss, weights, xm, ym, per_pixel_loss, ALPHA,
+                                   layers=layers)
+    chosen = set(last_layers(model, layers))
+    assert chosen and len(chosen) < len(list(model.parameters()))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+    r = weights.clone().requires_grad_()
+    frozen_loss = per_pixel_loss(model(x), y)
+    _, (reference,) = meta_gradient(model, frozen_loss, r, xm, ym, [r], per_pixel_loss, ALPHA)
+    assert reference.norm() > 0
+    assert _rel_err(cheap, reference) < 1e-8
+    for p in model.parameters():
+        p.requires_grad_(True)
+    everything = len({n.rpartition(".")[0] for n, _ in model.named_parameters()})
+    full_loss = per_pixel_loss(model(x), y)
+    _, exact = meta_pixel_gradient(model, x, y, full_loss, weights, xm, ym, per_pixel_loss, ALPHA)
+    _, all_layers = meta_pixel_gradient(model, x, y, full_loss, weights, xm, ym, per_pixel_loss,
+                                        ALPHA, layers=everything)
+    assert _rel_err(all_layers, exact) < 1e-12

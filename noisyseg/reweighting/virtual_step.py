@@ -132,6 +132,7 @@ def meta_pixel_gradient(
     loss_fn: LossFn,
     alpha: float,
     first_order: bool = False,
+    layers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dL^/dR for every pixel, for a plain-SGD virtual step, without double backward.
 
@@ -142,6 +143,9 @@ def meta_pixel_gradient(
         first_order: evaluate the meta gradient v at W instead of W' (drops the virtual step's
             backward pass; the error is O(alpha)). With all-zero weights (L2RW) W' = W and the
             result is exact either way, so the backward pass is always skipped then.
+        layers: take the virtual step in the parameters of the last ``layers`` modules only
+            (:func:`last_layers`), the rest held fixed: the backward passes stop there and the
+            jvp carries tangents through those modules alone. None: every parameter (exact).
 
     Shape:
         images - (N, C, H, W); labels, loss_map, weights - (N, H, W)
@@ -150,6 +154,12 @@ def meta_pixel_gradient(
         (meta loss (detached scalar), dL^/dR of shape (N, H, W))
     """
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    if layers is not None:
+        chosen = set(last_layers(model, layers))
+        fixed = {k: p.detach() for k, p in params.items() if k not in chosen}
+        params = {k: p for k, p in params.items() if k in chosen}
+    else:
+        fixed = {}
     primals = {k: p.detach() for k, p in params.items()}
     if first_order or not bool(weights.detach().any()):
         virtual = {k: p.clone().requires_grad_() for k, p in primals.items()}
@@ -159,15 +169,26 @@ def meta_pixel_gradient(
                    zip(primals.items(), grads, strict=True)}
 
     def pixel_losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return loss_fn(functional_call(model, p, (images,)), labels)
+        return loss_fn(functional_call(model, {**fixed, **p}, (images,)), labels)
 
     with batchnorm_stats_frozen(model):
-        meta_logits = functional_call(model, virtual, (meta_images,))
+        meta_logits = functional_call(model, {**fixed, **virtual}, (meta_images,))
         meta_loss = loss_fn(meta_logits, meta_labels).mean()
         v = _grad(meta_loss, list(virtual.values()))
         tangents = dict(zip(virtual.keys(), v, strict=True))
         derivative = jvp(pixel_losses, (primals,), (tangents,))[1]
     return meta_loss.detach(), -(alpha / loss_map.numel()) * derivative.detach()
+
+
+def last_layers(model: nn.Module, k: int) -> list[str]:
+    """Names of the trainable parameters of the last ``k`` modules that hold parameters of their
+    own, in the order the model registers them (for a U-Net: the output convolution first, then
+    the last decoder block's layers)."""
+    owners: dict[str, list[str]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            owners.setdefault(name.rpartition(".")[0], []).append(name)
+    return [name for owner in list(owners)[-k:] for name in owners[owner]]
 
 
 def _grad(output: torch.Tensor, inputs: list[torch.Tensor], **kwargs: bool) -> list[torch.Tensor]:

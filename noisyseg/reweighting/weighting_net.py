@@ -43,6 +43,9 @@ class MetaNetOptions(BaseModel):
     first_order: bool = Field(
         False, description="jvp method only: take the meta gradient at W instead of W' (one "
         "backward pass less, error O(alpha))")
+    meta_layers: int | None = Field(
+        None, ge=1, description="jvp method only: the virtual step in the parameters of the last k "
+        "modules alone, the rest fixed (cheaper, approximate; null: every parameter, exact)")
     normalize: bool = Field(
         True, description="scale the weights to mean 1 per batch (without it the net learns to "
         "raise every weight, most on the corrupted high-loss pixels; see docs/methods/index.md)")
@@ -55,6 +58,8 @@ class MetaNetOptions(BaseModel):
             raise ValueError("method 'jvp' needs virtual = 'sgd'")
         if self.first_order and (self.method == "higher" or self.virtual != "sgd"):
             raise ValueError("first_order needs the jvp method (virtual = 'sgd')")
+        if self.meta_layers is not None and (self.method == "higher" or self.virtual != "sgd"):
+            raise ValueError("meta_layers needs the jvp method (virtual = 'sgd')")
         return self
 
 
@@ -110,7 +115,7 @@ class MetaNetReweighter(Reweighter):
         if self.use_pixel_path:
             meta_loss, d_r = meta_pixel_gradient(
                 ctx.model, ctx.images, ctx.labels, ctx.loss_map, r, ctx.meta_images,
-                ctx.meta_labels, self.run.loss_fn, o.alpha, o.first_order)
+                ctx.meta_labels, self.run.loss_fn, o.alpha, o.first_order, o.meta_layers)
             r.backward(d_r)
         else:
             params = list(self.net.parameters())

@@ -27,11 +27,16 @@ class L2RWOptions(BaseModel):
     method: Literal["auto", "higher", "jvp"] = Field(
         "auto", description="meta-gradient: higher (double backward) or jvp (forward-mode AD, "
         "SGD virtual step only); auto picks jvp when it applies")
+    meta_layers: int | None = Field(
+        None, ge=1, description="jvp method only: the virtual step in the parameters of the last k "
+        "modules alone, the rest fixed (cheaper, approximate; null: every parameter, exact)")
 
     @model_validator(mode="after")
     def _check(self) -> L2RWOptions:
         if self.method == "jvp" and self.virtual != "sgd":
             raise ValueError("method 'jvp' needs virtual = 'sgd'")
+        if self.meta_layers is not None and (self.method == "higher" or self.virtual != "sgd"):
+            raise ValueError("meta_layers needs the jvp method (virtual = 'sgd')")
         return self
 
 
@@ -54,7 +59,7 @@ class L2RWReweighter(Reweighter):
         if o.method == "jvp" or (o.method == "auto" and o.virtual == "sgd"):
             _, g = meta_pixel_gradient(
                 ctx.model, ctx.images, ctx.labels, loss, torch.zeros_like(loss),
-                ctx.meta_images, ctx.meta_labels, self.run.loss_fn, o.alpha)
+                ctx.meta_images, ctx.meta_labels, self.run.loss_fn, o.alpha, layers=o.meta_layers)
             return g.sum(dim=(1, 2), keepdim=True) if o.per == "image" else g
         shape = (loss.shape[0], 1, 1) if o.per == "image" else loss.shape
         eps = torch.zeros(shape, device=loss.device, dtype=loss.dtype, requires_grad=True)
