@@ -62,3 +62,15 @@ def test_meta_reweighter_from_the_cli_with_options(tmp_path: Path) -> None:
                                       "dataset.options.n_meta=0", "--out", str(tmp_path / "y")])
     assert nometa.exit_code == 2 and "needs a clean meta set" in nometa.output
     assert not (tmp_path / "y").exists()
+
+
+def test_the_command_line_module_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, noisyseg.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    import noisyseg
+
+    assert sorted(noisyseg.__all__) == sorted(noisyseg._EXPORTS)
+    assert all(getattr(noisyseg, name) is not None for name in noisyseg.__all__)
