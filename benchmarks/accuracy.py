@@ -33,7 +33,9 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   the best method. Run only when named;
 - ``mcpm_head``: mcpm with the virtual step in the output layer's parameters alone
   (``meta_layers = 1``, about half of mcpm's cost on the CPU): does the cheap meta-gradient find
-  the corrupted pixels as well? Run only when named.
+  the corrupted pixels as well? Run only when named;
+- ``mcpm_adaptive``: mcpm with an interval growing from 1 to 10 over the run
+  (``interval_max = 10``: a meta step at a quarter of the steps). Run only when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -63,9 +65,9 @@ CEILINGS = ("clean", "oracle", "oracle_balanced")
 BASELINES = ("none", "none_nometa", "none_select", "finetune", "none_aug")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
            "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect", "none_aug",
-           "relabel_aug", "mcpm_head")
+           "relabel_aug", "mcpm_head", "mcpm_adaptive")
 #: run only when named in --methods (added after the first results, each to answer one question)
-ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head")
+ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head", "mcpm_adaptive")
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -83,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": {"device": "cpu", "backbone": {"name": "unet", "options": {"base_channels": 8, "depth": 3}},
                  "train": {"epochs": 20, "batch_size": 16, "lr": 1e-3, "schedule": "cosine"},
                  "output": {"figure_images": 0}},
-        "only_at": {"mcpm": [0.4], "mcpm_head": [0.4]},
+        "only_at": {"mcpm": [0.4], "mcpm_head": [0.4], "mcpm_adaptive": [0.4]},
     },
     # seconds, for the tests
     "smoke": {
@@ -138,8 +140,9 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"corrector": {"name": "adele"}}
     if method == "gce":
         return {"reweighter": {"name": "gce"}}
-    if method in ("mcpm", "mcpm_head"):
+    if method in ("mcpm", "mcpm_head", "mcpm_adaptive"):
         head = {"meta_layers": 1} if method == "mcpm_head" else {}
+        head = {"interval_max": 10} if method == "mcpm_adaptive" else head
         return {"reweighter": {"name": "mcpm", "options": {"meta_lr": 10 * base["train"]["lr"], **head}}}
     if method == "finetune":
         t = base["train"]

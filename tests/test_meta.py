@@ -237,3 +237,22 @@ def test_meta_layers_is_the_exact_gradient_with_the_other_layers_fixed(layers: i
     _, all_layers = meta_pixel_gradient(model, x, y, full_loss, weights, xm, ym, per_pixel_loss,
                                         ALPHA, layers=everything)
     assert _rel_err(all_layers, exact) < 1e-12
+
+
+def test_the_adaptive_interval_steps_often_early_rarely_late_and_depends_on_the_step_alone() -> None:
+    import math
+
+    from noisyseg.reweighting.weighting_net import takes_meta_step
+
+    total = 420
+    fixed = [s for s in range(total) if takes_meta_step(s, total, 3, None)]
+    assert fixed == list(range(0, total, 3))
+    taken = [s for s in range(total) if takes_meta_step(s, total, 1, 10)]
+    expected = total * math.log(10) / 9  # the integral of 1 / interval over the run
+    assert abs(len(taken) - expected) <= 2
+    gaps = [b - a for a, b in zip(taken, taken[1:], strict=False)]
+    assert max(gaps[:10]) <= 2 and min(gaps[-5:]) >= 8  # dense early, sparse late
+    assert [takes_meta_step(s, total, 1, 10) for s in taken] == [True] * len(taken)  # no state
+    with pytest.raises(ValueError, match="interval_max"):
+        from noisyseg.reweighting import MetaNetOptions
+        MetaNetOptions(interval=5, interval_max=2)

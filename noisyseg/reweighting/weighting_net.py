@@ -18,6 +18,7 @@ so every process holds the same weighting net.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -35,6 +36,9 @@ class MetaNetOptions(BaseModel):
     alpha: float = Field(1e-2, gt=0, description="learning rate of the virtual step")
     meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate (beta) of the weighting net")
     interval: int = Field(1, ge=1, description="meta step every k-th iteration")
+    interval_max: int | None = Field(
+        None, ge=1, description="adaptive interval: it grows linearly from `interval` at the first "
+        "step to this at the last (meta steps often while the net learns, rarely later); null: fixed")
     virtual: Literal["sgd", "adam"] = Field(
         "sgd", description="virtual step: plain SGD (the paper's Eq. 3) or differentiable Adam")
     method: Literal["auto", "higher", "jvp"] = Field(
@@ -58,9 +62,27 @@ class MetaNetOptions(BaseModel):
             raise ValueError("method 'jvp' needs virtual = 'sgd'")
         if self.first_order and (self.method == "higher" or self.virtual != "sgd"):
             raise ValueError("first_order needs the jvp method (virtual = 'sgd')")
+        if self.interval_max is not None and self.interval_max < self.interval:
+            raise ValueError("interval_max must be >= interval")
         if self.meta_layers is not None and (self.method == "higher" or self.virtual != "sgd"):
             raise ValueError("meta_layers needs the jvp method (virtual = 'sgd')")
         return self
+
+
+def takes_meta_step(step: int, total: int, first: int, last: int | None) -> bool:
+    """Whether ``step`` (from 0) takes a meta step: every ``first``-th step, or with ``last``, an
+    interval that grows linearly from ``first`` at step 0 to ``last`` at step ``total``. Then
+    phi(s) = T / (b - a) * ln(1 + (b - a) s / (a T)) meta steps are due by step s (the integral of
+    1 / interval), and a step takes one when floor(phi) moves on: a function of the step alone,
+    so a resumed run takes the same meta steps; about T ln(b / a) / (b - a) in all."""
+    if last is None or last == first or total <= 0:
+        return step % first == 0
+    a, b, t = float(first), float(last), float(total)
+
+    def due(s: int) -> int:
+        return math.floor(t / (b - a) * math.log1p((b - a) * s / (a * t)))
+
+    return step == 0 or due(step) > due(step - 1)
 
 
 class MetaNetReweighter(Reweighter):
@@ -97,7 +119,8 @@ class MetaNetReweighter(Reweighter):
         o = self.options
         if ctx.epoch < o.warmup_epochs:
             return torch.ones_like(ctx.loss_map)
-        if ctx.step % o.interval == 0:
+        if takes_meta_step(ctx.step, self.run.epochs * self.run.steps_per_epoch, o.interval,
+                           o.interval_max):
             self.meta_step(ctx)
         with torch.no_grad():
             return self.weights(ctx.loss_map)
