@@ -8,7 +8,7 @@ the corruption of one image does not depend on the others.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ class NoisyTrainSet:
 
     ``region`` marks where noise can be (see :func:`noise_region`); None when nothing is
     corrupted. ``scratch`` says where set-sized arrays go (files, for a dataset that streams).
+    ``noise_rate``: the fraction of pixels whose noisy label is wrong, counted once here (the
+    noisy labels never change; a corrector changes its own copy).
 
     Shape:
         images - (N, C, H, W) float32; noisy, clean - (N, H, W) integer labels (int64, or uint8
@@ -38,11 +40,13 @@ class NoisyTrainSet:
     corrupted: torch.Tensor
     region: torch.Tensor | None = None
     scratch: Scratch | None = None
+    noise_rate: float = field(init=False)
 
     def __post_init__(self) -> None:
         if self.scratch is None:
             self.scratch = Scratch()
-        if self.region is None and self.label_error() > 0:
+        self.noise_rate = self.label_error()
+        if self.region is None and self.noise_rate > 0:
             region = self.scratch.empty(tuple(self.clean.shape), bool)
             noise_region(self.clean.numpy(), self.noisy.numpy(), out=region)
             self.region = torch.from_numpy(region)
@@ -110,8 +114,8 @@ def corrupt_split(
     noisy = (scratch or Scratch()).copy(split.masks)
     for i in np.flatnonzero(chosen):
         rng = np.random.default_rng([seed, int(i)])
-        mask = np.array(split.masks[i])
-        out = noise.corrupt(mask.copy(), rng, num_classes)
+        mask = np.array(split.masks[i])  # a copy: the noise model may change it
+        out = noise.corrupt(mask, rng, num_classes)
         if out.shape != mask.shape:
             raise DataError(
                 f"noise model '{noise.name}' changed the mask shape {mask.shape} -> {out.shape}"

@@ -215,7 +215,7 @@ def _run_here(
         return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
 
     model = build_model()
-    pixel_noise_rate = train.label_error()
+    pixel_noise_rate = train.noise_rate
     if cfg.train.init_from is not None and checkpoint is None:
         try:
             model.load_state_dict(rundir.load_weights(Path(cfg.train.init_from)))

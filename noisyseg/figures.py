@@ -27,7 +27,7 @@ def example_rows(model: torch.nn.Module, train_set: Any, test: Any, n: int, devi
     test_idx = np.arange(min(len(test), n - len(train_idx)))
     rows = []
     train_pred = predict_all(model, train_set.images[train_idx], device)
-    weights = preview_weights(train_idx) if len(train_idx) else None
+    weights = preview_weights(train_idx)
     for k, i in enumerate(train_idx.tolist()):
         rows.append({
             "title": f"train #{i}" + (" (corrupted)" if bool(train_set.corrupted[i]) else ""),

@@ -353,7 +353,7 @@ class Loop:
             **final,
             **{k: v for k, v in last.items() if k.startswith("weight_") or k == "corrupted_share"},
             **selected,
-            "train_label_error_initial": self.train_set.label_error(),
+            "train_label_error_initial": self.train_set.noise_rate,
             "train_label_error_final": self.train_set.label_error(self.parts.corrector.store),
             "epochs": len(self.history),
             "steps": self.step,

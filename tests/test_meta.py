@@ -174,13 +174,20 @@ def test_l2rw_gives_zero_weight_to_labels_that_contradict_the_meta_set(registry:
     assert w.mean().item() == pytest.approx(1.0)
 
 
-def test_first_order_meta_gradient_is_the_small_alpha_limit() -> None:
+def _unet_case() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                         torch.Tensor, torch.Tensor]:
+    """A small U-Net, a training batch of 4 and a meta batch of 2 of 16x16, the loss map and
+    random weights: (model, x, y, xm, ym, loss, weights)."""
     torch.manual_seed(0)
     model = UNet(1, 1, base=4, depth=2)
     x, y = _batch(4, size=16)
     xm, ym = _batch(2, size=16, seed=1)
     loss = per_pixel_loss(model(x), y)
-    w = torch.rand_like(loss)
+    return model, x, y, xm, ym, loss, torch.rand_like(loss)
+
+
+def test_first_order_meta_gradient_is_the_small_alpha_limit() -> None:
+    model, x, y, xm, ym, loss, w = _unet_case()
     for alpha, tol in ((1e-3, 1e-2), (1e-5, 1e-4)):
         _, exact = meta_pixel_gradient(model, x, y, loss, w, xm, ym, per_pixel_loss, alpha)
         _, first = meta_pixel_gradient(model, x, y, loss, w, xm, ym, per_pixel_loss, alpha,
@@ -212,12 +219,7 @@ def test_meta_layers_is_the_exact_gradient_with_the_other_layers_fixed(layers: i
     outside the last k modules frozen; with k covering every module it is the exact gradient."""
     from noisyseg.reweighting.virtual_step import last_layers
 
-    torch.manual_seed(0)
-    model = UNet(1, 1, base=4, depth=2)
-    x, y = _batch(4, size=16)
-    xm, ym = _batch(2, size=16, seed=1)
-    loss = per_pixel_loss(model(x), y)
-    weights = torch.rand_like(loss)
+    model, x, y, xm, ym, loss, weights = _unet_case()
     _, cheap = meta_pixel_gradient(model, x, y, loss, weights, xm, ym, per_pixel_loss, ALPHA,
                                    layers=layers)
     chosen = set(last_layers(model, layers))
