@@ -71,8 +71,10 @@ class Augmenter:
         if self._compose is None:
             return Augmented(images, list(masks), None)
         b, _, h, w = images.shape
-        coords = np.arange(h * w, dtype=np.float32).reshape(h, w)  # exact in float32 below 2^24
-        present = [m for m in masks if m is not None]
+        # masks go through the transforms only when pixels move (intensity ones leave them be),
+        # with each pixel's original index as one more mask: exact in float32 below 2^24 pixels
+        present = [m for m in masks if m is not None] if self.moves_pixels else []
+        coords = np.arange(h * w, dtype=np.float32).reshape(h, w)
         out_images = np.empty(tuple(images.shape), dtype=np.float32)
         out_masks = np.empty((len(present), b, h, w), dtype=np.float32)
         source = np.empty((b, h, w), dtype=np.int64)
@@ -81,19 +83,20 @@ class Augmenter:
             lo, hi = (float(image.min()), float(image.max())) if self._scales else (0.0, 1.0)
             span = hi - lo if hi > lo else 1.0
             self._compose.set_random_seed(_sample_seed(self.seed, step, int(index[k])))
-            done = self._compose(
-                image=np.ascontiguousarray((image - lo) / span, dtype=np.float32),
-                masks=[coords, *(m[k].numpy().astype(np.float32) for m in present)],
-            )
+            tracked = {"masks": [coords, *(m[k].numpy().astype(np.float32) for m in present)]}
+            done = self._compose(image=np.ascontiguousarray((image - lo) / span, dtype=np.float32),
+                                 **(tracked if self.moves_pixels else {}))
             out_images[k] = done["image"].transpose(2, 0, 1) * span + lo
-            source[k] = np.asarray(done["masks"][0])
-            for j in range(len(present)):
-                out_masks[j, k] = np.asarray(done["masks"][j + 1])
+            if self.moves_pixels:
+                source[k] = np.asarray(done["masks"][0])
+                for j in range(len(present)):
+                    out_masks[j, k] = np.asarray(done["masks"][j + 1])
+        if not self.moves_pixels:
+            return Augmented(torch.from_numpy(out_images), list(masks), None)
         moved = iter(out_masks)
         new_masks = [None if m is None else torch.from_numpy(next(moved).astype(m.numpy().dtype))
                      for m in masks]
-        return Augmented(torch.from_numpy(out_images), new_masks,
-                         torch.from_numpy(source) if self.moves_pixels else None)
+        return Augmented(torch.from_numpy(out_images), new_masks, torch.from_numpy(source))
 
 
 def to_original(values: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
