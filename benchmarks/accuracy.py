@@ -308,6 +308,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/accuracy-<preset>")
     parser.add_argument("--summary", action="store_true", help="only print the tables of results.csv")
+    parser.add_argument("--every-rate", action="store_true",
+                        help="run the methods the preset keeps to some rates (mcpm on the CPU "
+                        "preset: r = 0.4) at every rate of --rates")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     out = args.out or HERE / "results" / f"accuracy-{args.preset}"
@@ -316,7 +319,7 @@ def main() -> None:
     if not args.summary:
         done = {(x["dataset"], float(x["rate"]), x["method"], int(x["seed"])) for x in read_rows(results)}
         todo = [r for r in plan(args.datasets, args.rates, args.seeds, args.methods,
-                                preset.get("only_at")) if r not in done]
+                                None if args.every_rate else preset.get("only_at")) if r not in done]
         sizes: dict[str, tuple[int, int]] = {}
         start = time.perf_counter()
         for i, (dataset, rate, method, seed) in enumerate(todo, 1):

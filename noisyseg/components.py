@@ -105,6 +105,11 @@ class Splits:
 class Dataset(Component):
     """Loads train / meta / test splits, deterministically for a seed."""
 
+    #: True: the splits are computed from the options (and the seed) alone, reading no files that
+    #: may change; runs then cache them on disk (:mod:`noisyseg.datacache`)
+    generated: ClassVar[bool] = False
+    #: False: the run's seed does not change the splits (one cache entry for every seed)
+    seeded: ClassVar[bool] = True
 
     def load(self, seed: int) -> Splits:
         raise NotImplementedError

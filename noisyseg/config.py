@@ -101,6 +101,11 @@ class TrainConfig(_Section):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN or infinite loss stops the run, or its batch is skipped"
     )
+    eval_every: int = Field(
+        1, ge=0,
+        description="score the test split every N epochs and at the last (the curves, the "
+        "progress bar); 0: only once, after training (faster on large test splits)",
+    )
 
 
 def _p(what: str) -> Any:
@@ -146,6 +151,10 @@ class _Run(_Section):
 
     seed: int = 0
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
+    deterministic: bool = Field(
+        True, description="on CUDA, deterministic kernels: two runs, and a resumed run, are "
+        "identical bit for bit (slower); false lets cuDNN pick the fastest kernels. The CPU is "
+        "always deterministic")
 
 
 #: a whole run: seed, device, one section per kind of component, then train, augment, output

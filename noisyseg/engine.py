@@ -21,6 +21,8 @@ from noisyseg import distributed, rundir
 from noisyseg.components import Components, LabelCorrector, Reweighter, RunContext
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
+from noisyseg.datacache import load_splits
+from noisyseg.determinism import determinism
 from noisyseg.distributed import World
 from noisyseg.errors import ConfigError, DataWarning
 from noisyseg.kinds import KINDS
@@ -60,6 +62,11 @@ def resolve_device(name: str, world: World | None = None) -> torch.device:
         if device.index is not None:
             raise ConfigError(f"device: {name!r} names one GPU, but {world.size} processes train; "
                               "use cuda or auto (process r takes GPU r)")
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {world.rank} of {world.size} on this machine needs GPU "
+                f"{world.local_rank}, but {torch.cuda.device_count()} are visible; use one process "
+                "per GPU, or device cpu")
         device = torch.device("cuda", world.local_rank)
     return device
 
@@ -159,7 +166,8 @@ def run(
     created_group = distributed.join(world, device)
     try:
         pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
-        return _run_here(cfg, checkpoint, pm, progress, world, device)
+        with determinism(cfg.deterministic, device):
+            return _run_here(cfg, checkpoint, pm, progress, world, device)
     finally:
         if created_group:
             distributed.leave()
@@ -183,7 +191,7 @@ def _run_here(
     run_dir, created = world.from_main(claim_run_dir)
 
     seed_everything(cfg.seed)
-    splits = parts.dataset.load(cfg.seed)
+    splits = load_splits(parts.dataset, cfg.seed)  # generated datasets: from a disk cache
     with warnings.catch_warnings():
         if not world.is_main:  # every process checks; one says what it found
             warnings.simplefilter("ignore", DataWarning)

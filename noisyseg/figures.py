@@ -124,8 +124,10 @@ def save_curves(path: Path, history: list[dict[str, Any]]) -> None:
     ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("weighted training loss")
-    for key in ("test_dice", "test_iou"):
-        ax2.plot(epochs, [h[key] for h in history], marker="o", label=key.removeprefix("test_"))
+    for key in ("test_dice", "test_iou"):  # scored every train.eval_every epochs
+        scored = [h for h in history if key in h]
+        ax2.plot([h["epoch"] for h in scored], [h[key] for h in scored], marker="o",
+                 label=key.removeprefix("test_"))
     if "label_error" in history[0]:
         ax2.plot(epochs, [h["label_error"] for h in history], ls="--", label="training label error")
     ax2.set_xlabel("epoch")

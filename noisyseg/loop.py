@@ -44,26 +44,30 @@ from noisyseg.step import Batch, predict_all, step_context, train_step
 
 #: at most this many training pixels per epoch are kept to score the weights (AUROC)
 _WEIGHT_SAMPLE = 1_000_000
+#: the progress bar shows the loss every this many steps (reading it waits for the device)
+_SHOW_LOSS_EVERY = 20
 
 
 class WeightStats:
     """Accumulates weights on corrupted and clean training pixels during one epoch, with the
-    pixels' place inside or outside the region where noise can be (:func:`noise_region`)."""
+    pixels' place inside or outside the region where noise can be (:func:`noise_region`). The
+    weights stay on their device until :meth:`summary` (no host synchronisation per step)."""
 
     def __init__(self, seed: int) -> None:
-        self.weights: list[np.ndarray] = []
-        self.wrong: list[np.ndarray] = []
-        self.region: list[np.ndarray] = []
-        self.rng = np.random.default_rng(seed)
+        self.weights: list[torch.Tensor] = []
+        self.wrong: list[torch.Tensor] = []
+        self.region: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(seed)
 
     def add(self, weights: torch.Tensor, wrong: torch.Tensor, region: torch.Tensor | None,
             budget: int) -> None:
-        w = weights.detach().float().cpu().numpy().ravel()
-        c = wrong.cpu().numpy().ravel()
-        r = np.ones_like(c) if region is None else region.cpu().numpy().ravel()
-        if w.size > budget:
-            keep = self.rng.choice(w.size, size=budget, replace=False)
-            w, c, r = w[keep], c[keep], r[keep]
+        """``weights`` on any device; ``wrong`` and ``region`` (same shape) on the CPU."""
+        w = weights.detach().float().reshape(-1)
+        c = wrong.reshape(-1)
+        r = torch.ones_like(c) if region is None else region.reshape(-1)
+        if w.numel() > budget:
+            keep = torch.randperm(w.numel(), generator=self.generator)[:budget]
+            w, c, r = w[keep.to(w.device, non_blocking=True)], c[keep], r[keep]
         self.weights.append(w)
         self.wrong.append(c)
         self.region.append(r)
@@ -71,8 +75,8 @@ class WeightStats:
     def summary(self) -> dict[str, float]:
         if not self.weights:
             return {}
-        w, c = np.concatenate(self.weights), np.concatenate(self.wrong)
-        r = np.concatenate(self.region)
+        w = torch.cat(self.weights).cpu().numpy()  # the epoch's one read from the device
+        c, r = torch.cat(self.wrong).bool().numpy(), torch.cat(self.region).bool().numpy()
         nan = float("nan")
         total = w.sum()
         return {
@@ -125,7 +129,8 @@ class Loop:
         self.best: dict[str, Any] | None = None
         self._before: torch.Tensor | None = None  # the labels at the start of the epoch
 
-    def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> float:
+    def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> torch.Tensor:
+        """One training step; its loss, left on the device (read once per epoch)."""
         index = self.world.shard(index)
         ts = self.train_set
         originals = ts.images[index]
@@ -207,24 +212,28 @@ class Loop:
                 for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
                     losses.append(self._step(index, epoch, stats))
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    if progress and len(losses) % _SHOW_LOSS_EVERY == 0:  # reading it waits
+                        bar.set_postfix(loss=f"{losses[-1].item():.4f}")  # for the device
                     if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
                         break
                 seconds = time.perf_counter() - start
                 record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
                 if self.world.is_main:
-                    bar.set_postfix(loss=f"{record['train_loss']:.4f}", dice=f"{record['test_dice']:.3f}")
+                    shown = {"dice": f"{record['test_dice']:.3f}"} if "test_dice" in record else {}
+                    bar.set_postfix(loss=f"{record['train_loss']:.4f}", **shown)
         finally:
             bar.close()
         return self.history
 
     def _end_epoch(
-        self, epoch: int, losses: list[float], stats: WeightStats, labels_before: torch.Tensor | None,
+        self, epoch: int, step_losses: list[torch.Tensor], stats: WeightStats,
+        labels_before: torch.Tensor | None,
         seconds: float,
     ) -> dict[str, Any]:
         corrector_metrics = self.parts.corrector.end_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
+        losses = torch.stack(step_losses).double().cpu().numpy() if step_losses else np.array([])
         train_loss = float(np.nanmean(losses)) if not np.isnan(losses).all() else math.nan
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -236,8 +245,9 @@ class Loop:
             **corrector_metrics,
         }
         if self.world.is_main:
-            test = self._evaluate(distances=False)
-            record.update({f"test_{k}": v for k, v in test.items()}, seconds=round(seconds, 3))
+            if self._evaluates(epoch):
+                record.update({f"test_{k}": v for k, v in self._evaluate(distances=False).items()})
+            record["seconds"] = round(seconds, 3)
             if self.cfg.train.select_on_meta:
                 record["meta_dice"] = self._select(epoch)
         if self.cfg.train.on_nonfinite == "skip":
@@ -249,6 +259,11 @@ class Loop:
         rundir.save_checkpoint(self.run_dir, self._state(epoch))
         self.pm.hook.on_epoch_end(epoch=epoch + 1, metrics=dict(record), run_dir=str(self.run_dir))
         return record
+
+    def _evaluates(self, epoch: int) -> bool:
+        """Is the test split scored at the end of ``epoch`` (``train.eval_every``)?"""
+        every = self.cfg.train.eval_every
+        return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs)
 
     def _snapshot(self) -> torch.Tensor:
         """The corrector's labels now, copied into one buffer kept for the run (in files when

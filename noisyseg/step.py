@@ -52,7 +52,8 @@ class Batch:
 
 @dataclass
 class StepOutput:
-    loss: float
+    #: the step's loss, detached, 0-dim on the step's device (``float()`` reads it; NaN: skipped)
+    loss: torch.Tensor
     weights: torch.Tensor = field(repr=False)
     logits: torch.Tensor = field(repr=False)
     skipped: bool = False
@@ -108,14 +109,15 @@ def train_step(
         )
     if not (world or World()).all_true(finite):
         if on_nonfinite == "skip":
-            return StepOutput(loss=math.nan, weights=weights, logits=ctx.logits.detach(), skipped=True)
+            return StepOutput(loss=torch.full((), math.nan, device=loss.device), weights=weights,
+                              logits=ctx.logits.detach(), skipped=True)
         what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
         raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
     loss.backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return StepOutput(loss=float(loss.item()), weights=weights, logits=ctx.logits.detach())
+    return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
 
 
 def step_context(

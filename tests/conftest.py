@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,20 @@ from noisyseg import Registry, build_plugin_manager
 settings.register_profile("noisyseg", max_examples=40, deadline=None, derandomize=True)
 settings.load_profile("noisyseg")
 torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generated datasets are cached for the session in a folder of its own (not the user's)."""
+    os.environ["NOISYSEG_CACHE"] = str(tmp_path_factory.mktemp("dataset-cache"))
 
 
 @pytest.fixture(scope="session")

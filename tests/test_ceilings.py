@@ -178,7 +178,7 @@ def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path,
     assert m["selected_epoch"] == 3 and m["meta_dice"] == 0.9
     assert m["dice"] == pytest.approx(history[2]["test_dice"], abs=1e-12)
     # the model and init_from take the selected weights, not the last epoch's
-    last = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=False)["model"]
+    last = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=False, map_location="cpu")["model"]
     selected = rundir_weights(tmp_path / "s")
     assert any(not torch.equal(last[k], selected[k]) for k in last)
     for k, v in result.model.state_dict().items():

@@ -1,5 +1,6 @@
 """One run across processes (gloo on the CPU): the processes stay in step, rank 0 alone writes,
-and two processes train as well as one with the same global batch."""
+and two processes train as well as one with the same global batch. The runs say ``device cpu``:
+on a machine with one GPU, ``auto`` would put two processes on it, which is refused."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from noisyseg.cli import cli
 from noisyseg.distributed import World, check_nproc
 from noisyseg.engine import resolve_device
 from noisyseg.lockstep import process_differences, run_in_processes
-from noisyseg.testing import tiny_run_config
+from noisyseg.testing import tiny_run_config as _tiny
+
+
+def tiny_run_config(**overrides: object) -> dict:
+    """The tests' tiny run, on the CPU (gloo), whatever GPUs this machine has."""
+    return _tiny(device="cpu", **overrides)
 
 
 def test_shards_of_a_batch_are_disjoint_and_cover_it() -> None:
@@ -62,6 +68,9 @@ def test_each_process_takes_the_gpu_of_its_local_rank() -> None:
     assert resolve_device("auto", World(rank=3, size=4, local_rank=0)) == torch.device("cuda", 0)
     with pytest.raises(ConfigError, match="names one GPU"):
         resolve_device("cuda:0", World(rank=0, size=2))
+    count = torch.cuda.device_count()  # a process beyond the GPUs (torchrun, spawn) is refused
+    with pytest.raises(ConfigError, match=f"needs GPU {count}, but {count} are visible"):
+        resolve_device("auto", World(rank=count, size=count + 1, local_rank=count))
 
 
 def test_processes_hold_one_model_one_mask_net_and_one_label_store(tmp_path: Path) -> None:

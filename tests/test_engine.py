@@ -112,7 +112,8 @@ def test_smp_backbone_trains(tmp_path: Path) -> None:
 
     options = r.config.dataset.options
     test = Registry(build_plugin_manager()).build("dataset", "synthetic", options).load(r.config.seed).test
-    preds = predict_all(r.model, torch.from_numpy(test.images), torch.device("cpu"))
+    device = next(r.model.parameters()).device
+    preds = predict_all(r.model, torch.from_numpy(test.images), device)
     assert preds.shape == test.masks.shape == (8, 32, 32)
     assert r.metrics["dice"] == pytest.approx(evaluate(preds, test.masks, 2)["dice"], abs=1e-12)
 
@@ -178,3 +179,13 @@ def test_coteaching_run_is_deterministic_and_logs_kept_precision(tmp_path: Path)
 def test_meta_only_trains_on_the_clean_meta_images(tmp_path: Path) -> None:
     r = _run(tmp_path, "m", train={"meta_only": True}, noise={"rate": 1.0})
     assert r.history[0]["step"] == 8 // 8 and r.history[0]["label_error"] == 0
+
+
+def test_eval_every_scores_the_test_split_every_n_epochs_and_at_the_last(tmp_path: Path) -> None:
+    scored = {}
+    for every in (2, 0):
+        r = run(tiny_run_config(train={"epochs": 3, "eval_every": every}),
+                         output={"dir": str(tmp_path / str(every))}, progress=False)
+        scored[every] = [h["epoch"] for h in r.history if "test_dice" in h]
+        assert 0 <= r.metrics["dice"] <= 1 and (tmp_path / str(every) / "curves.png").exists()
+    assert scored == {2: [2, 3], 0: []}

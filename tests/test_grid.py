@@ -96,3 +96,14 @@ def test_parallel_executors_fill_the_same_csv_and_retry_failures(tmp_path: Path,
     assert [r["method"] for r in rows] == ["none"] and 0 <= float(rows[0]["dice"]) <= 1
     log = (out / "failures.log").read_text()
     assert log.count("synthetic-none-r0-clean-s0") == 1 and "train.epochs" in log
+
+
+def test_runs_on_cuda_get_one_worker_per_gpu() -> None:
+    grid = grid_module.load_grid(grid_module.HERE / "grids" / "cpu.yaml")
+    on_gpu = grid.model_copy(update={"base": {**grid.base, "device": "auto"}})
+    on_cpu = grid.model_copy(update={"base": {**grid.base, "device": "cpu"}})
+    assert grid_module.gpu_workers(6, on_gpu, gpu_count=1) == 1
+    assert grid_module.gpu_workers(6, on_gpu, gpu_count=4) == 4
+    assert grid_module.gpu_workers(2, on_gpu, gpu_count=4) == 2
+    assert grid_module.gpu_workers(6, on_cpu, gpu_count=4) == 6
+    assert grid_module.gpu_workers(6, on_gpu, gpu_count=0) == 6

@@ -26,13 +26,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Literal
 
 import torch
-
-with warnings.catch_warnings():  # higher 0.2.1 uses torch.jit.script, deprecated in torch 2.9
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-    import higher
 from torch import nn
 from torch.func import functional_call, jvp
 
@@ -40,6 +37,17 @@ from noisyseg.components import LossFn
 from noisyseg.errors import NoisysegError
 
 VirtualOptimizer = Literal["sgd", "adam"]
+
+
+def _import_higher() -> ModuleType:
+    """``higher``, imported when ``method = "higher"`` is first used (not at start-up)."""
+    with warnings.catch_warnings():
+        # higher 0.2.1 uses torch.jit.script (deprecated in torch 2.9) and, compiled without
+        # a cache, trips Python 3.12's escape-sequence SyntaxWarning
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=SyntaxWarning)
+        import higher
+    return higher
 
 
 class SecondOrderError(NoisysegError):
@@ -108,6 +116,7 @@ def meta_gradient(
         )
     inner = _inner_optimizer(model, alpha, virtual, optimizer)
     try:
+        higher = _import_higher()
         with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
             if virtual == "adam":
                 for group in diffopt.param_groups:

@@ -84,6 +84,8 @@ class SyntheticDataset(Dataset):
 
     name = "synthetic"
     Options = SyntheticOptions
+    generated = True  # cached on disk by its options (noisyseg.datacache)
+    seeded = False  # the images come from data_seed, not from the run's seed
 
     def load(self, seed: int) -> Splits:
         o = self.options

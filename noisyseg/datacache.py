@@ -1,0 +1,97 @@
+"""Generated datasets cached on disk: a dataset computed from its options alone (``synthetic``)
+is made once and read back by every later run with the same options.
+
+A dataset class opts in with ``generated = True`` (and ``seeded = False`` when the run's seed does
+not change its splits). The cache key is the dataset's name, its options, the seed (when
+``seeded``), NumPy's version and a hash of the source file that defines the dataset, so editing
+the generator makes a new cache. Entries live in ``$NOISYSEG_CACHE`` (default
+``$XDG_CACHE_HOME/noisyseg/generated`` or ``~/.cache/noisyseg/generated``); ``NOISYSEG_CACHE=off``
+turns the cache off. An entry appears only when complete (written aside, then renamed), so
+processes that build it at the same time each end with a whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from noisyseg.components import Dataset, Split, Splits
+
+SPLITS = ("train", "meta", "test")
+
+
+def cache_root() -> Path | None:
+    """Where entries live, or None when ``NOISYSEG_CACHE=off``."""
+    setting = os.environ.get("NOISYSEG_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "noisyseg" / "generated"
+
+
+def load_splits(dataset: Dataset, seed: int) -> Splits:
+    """``dataset.load(seed)``, from the cache when the dataset is ``generated``."""
+    root = cache_root()
+    if not getattr(dataset, "generated", False) or root is None:
+        return dataset.load(seed)
+    entry = root / entry_name(dataset, seed)
+    if (entry / "done.json").exists():
+        try:
+            return _read(entry)
+        except (OSError, ValueError, KeyError):  # damaged: make it again
+            shutil.rmtree(entry, ignore_errors=True)
+    splits = dataset.load(seed)
+    try:
+        _write(splits, entry)
+    except OSError:  # a read-only or full disk costs the cache, not the run
+        pass
+    return splits
+
+
+def entry_name(dataset: Dataset, seed: int) -> str:
+    source = Path(inspect.getsourcefile(type(dataset)) or "")
+    key = json.dumps({
+        "options": dataset.options.model_dump(mode="json"),
+        "seed": seed if getattr(dataset, "seeded", True) else None,
+        "numpy": np.__version__,
+        "source": hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "",
+    }, sort_keys=True)
+    return f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _write(splits: Splits, entry: Path) -> None:
+    work = entry.with_name(f"{entry.name}.building-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        small = splits.num_classes <= 256  # masks as bytes: 8x smaller
+        for name in SPLITS:
+            split = getattr(splits, name)
+            np.save(work / f"{name}_images.npy", np.asarray(split.images, dtype=np.float32))
+            np.save(work / f"{name}_masks.npy",
+                    np.asarray(split.masks, dtype=np.uint8 if small else np.int64))
+        (work / "done.json").write_text(json.dumps(
+            {"num_classes": splits.num_classes, "class_names": splits.class_names}))
+        try:
+            os.replace(work, entry)
+        except OSError:  # another process finished the same entry first: keep theirs
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _read(entry: Path) -> Splits:
+    info = json.loads((entry / "done.json").read_text())
+    parts = {name: Split(np.load(entry / f"{name}_images.npy"),
+                         np.load(entry / f"{name}_masks.npy").astype(np.int64))
+             for name in SPLITS}
+    return Splits(**parts, num_classes=int(info["num_classes"]),
+                  class_names=list(info["class_names"]))
