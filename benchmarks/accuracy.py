@@ -35,7 +35,11 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   (``meta_layers = 1``, about half of mcpm's cost on the CPU): does the cheap meta-gradient find
   the corrupted pixels as well? Run only when named;
 - ``mcpm_adaptive``: mcpm with an interval growing from 1 to 10 over the run
-  (``interval_max = 10``: a meta step at a quarter of the steps). Run only when named.
+  (``interval_max = 10``: a meta step at a quarter of the steps), mcpm's default since
+  2026-11-23; ``mcpm`` and ``mcpm_head`` here keep the paper's meta step at every iteration
+  (``interval_max = null``), as in every earlier result. Run only when named;
+- ``mcpm_adaptive30``: the same growing to 30 (a meta step at 12% of the steps). Run only when
+  named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -65,9 +69,10 @@ CEILINGS = ("clean", "oracle", "oracle_balanced")
 BASELINES = ("none", "none_nometa", "none_select", "finetune", "none_aug")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
            "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect", "none_aug",
-           "relabel_aug", "mcpm_head", "mcpm_adaptive")
+           "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30")
 #: run only when named in --methods (added after the first results, each to answer one question)
-ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head", "mcpm_adaptive")
+ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head", "mcpm_adaptive",
+                   "mcpm_adaptive30")
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -85,7 +90,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": {"device": "cpu", "backbone": {"name": "unet", "options": {"base_channels": 8, "depth": 3}},
                  "train": {"epochs": 20, "batch_size": 16, "lr": 1e-3, "schedule": "cosine"},
                  "output": {"figure_images": 0}},
-        "only_at": {"mcpm": [0.4], "mcpm_head": [0.4], "mcpm_adaptive": [0.4]},
+        "only_at": {"mcpm": [0.4], "mcpm_head": [0.4], "mcpm_adaptive": [0.4],
+                    "mcpm_adaptive30": [0.4]},
     },
     # seconds, for the tests
     "smoke": {
@@ -140,9 +146,11 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"corrector": {"name": "adele"}}
     if method == "gce":
         return {"reweighter": {"name": "gce"}}
-    if method in ("mcpm", "mcpm_head", "mcpm_adaptive"):
+    if method in ("mcpm", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30"):
         head = {"meta_layers": 1} if method == "mcpm_head" else {}
         head = {"interval_max": 10} if method == "mcpm_adaptive" else head
+        head = {"interval_max": 30} if method == "mcpm_adaptive30" else head
+        head = {"interval_max": None} if method in ("mcpm", "mcpm_head") else head  # every step
         return {"reweighter": {"name": "mcpm", "options": {"meta_lr": 10 * base["train"]["lr"], **head}}}
     if method == "finetune":
         t = base["train"]

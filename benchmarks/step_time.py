@@ -8,13 +8,16 @@ k iterations; rounds default to a multiple of 5). Peak memory is measured per me
 subprocess: the growth of the peak resident set over 5 iterations on the CPU, max allocated on
 CUDA.
 
-    python benchmarks/step_time.py [--rounds 20] [--device cpu]
+    python benchmarks/step_time.py [--rounds 40] [--device cpu]
 
-One line per method: ``<name> <ms> <ratio-to-plain> <peak MB>``; then the cosine similarity
-between the exact per-pixel meta-gradient dL^/dR and the one with the virtual step in the last k
-modules only (``meta_layers = k``), on the default U-Net after 30 plain Adam steps; last line
-``mcpm_ratio=<x> fast_ratio=<y> fast_cosine=<c>``: the default mcpm, and ``mcpm_head``
-(``meta_layers = 1``) with its cosine.
+One line per method: ``<name> <ms> <ratio-to-plain> <peak MB>`` (the ratios also go to
+``benchmarks/results/step_time-<device>.json``, read by ``meta_tradeoff.py``); the timed rounds are one whole
+run (steps 0 to rounds - 1), so an adaptive interval is timed over its whole schedule. Then the
+cosine similarity between the exact per-pixel meta-gradient dL^/dR and the one with the virtual
+step in the last k modules only (``meta_layers = k``), on the default U-Net after 30 plain Adam
+steps; last line ``mcpm_ratio=<x> fast_ratio=<y> fast_cosine=<c>``: the default mcpm (interval
+1 -> 10), and the fast option ``interval_max = 30``, whose meta-gradients are exact (c = 1) but
+taken at 12% of the steps.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,15 +40,18 @@ from noisyseg.reweighting.virtual_step import meta_pixel_gradient
 from noisyseg.step import Batch, train_step
 from noisyseg.testing import cpu_run_context
 
+EXACT = {"interval_max": None}  # a meta step at every iteration (the papers' schedule)
 # name -> (reweighter, options)
 METHODS = {
     "plain": ("none", {}),
-    "mcpm": ("mcpm", {}),
+    "mcpm": ("mcpm", {}),  # the default: interval 1 -> 10 over the run
+    "mcpm_every_step": ("mcpm", EXACT),
     "mcpm_k5": ("mcpm", {"interval": 5}),
-    "mcpm_higher": ("mcpm", {"method": "higher"}),
-    "mcpm_first_order": ("mcpm", {"first_order": True}),
-    "mcpm_head": ("mcpm", {"meta_layers": 1}),
-    "mcpm_last12": ("mcpm", {"meta_layers": 12}),
+    "mcpm_adaptive30": ("mcpm", {"interval_max": 30}),
+    "mcpm_higher": ("mcpm", {"method": "higher", **EXACT}),
+    "mcpm_first_order": ("mcpm", {"first_order": True, **EXACT}),
+    "mcpm_head": ("mcpm", {"meta_layers": 1, **EXACT}),
+    "mcpm_last12": ("mcpm", {"meta_layers": 12, **EXACT}),
     "mcpm_head_k2": ("mcpm", {"meta_layers": 1, "interval": 2}),
     "mwnet": ("mwnet", {}),
     "mwnet_higher": ("mwnet", {"method": "higher"}),
@@ -64,13 +71,16 @@ def setup(device: torch.device, batch: int):
     return registry, base, x, y, meta
 
 
-def make(registry, base, name: str, device: torch.device):
+def make(registry, base, name: str, device: torch.device, schedule: int = 4):
+    """Model, optimiser and reweighter of method ``name`` for a run of ``schedule`` steps (an
+    adaptive interval spreads its meta steps over them)."""
     reweighter_name, options = METHODS[name]
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     reweighter = registry.build("reweighter", reweighter_name, options)
     ctx = cpu_run_context(2)
     ctx.device, ctx.loss_fn = device, per_pixel_loss
+    ctx.epochs, ctx.steps_per_epoch = 1, schedule
     reweighter.setup(ctx)
     return model, optimizer, reweighter
 
@@ -112,7 +122,8 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=40,
+                        help="timed iterations: one whole run of this many steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -124,29 +135,40 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     registry, base, x, y, meta = setup(device, args.batch)
-    states = {name: make(registry, base, name, device) for name in args.methods}
+    # the timed rounds are a whole run: step 0 to rounds - 1 (warm-up rounds repeat step 0)
+    states = {name: make(registry, base, name, device, args.rounds) for name in args.methods}
     times: dict[str, list[float]] = {name: [] for name in args.methods}
     for r in range(args.warmup + args.rounds):
         for name in args.methods:
-            ms = one(states[name], x, y, meta, r, device)
+            ms = one(states[name], x, y, meta, max(0, r - args.warmup), device)
             if r >= args.warmup:
                 times[name].append(ms)
     plain = statistics.mean(times["plain"])
     print(f"# device={device} threads={args.threads} batch={args.batch} rounds={args.rounds} "
           f"(mean ms; ratio to the plain step of the same round set)")
+    ratios = {}
     for name in args.methods:
         ms = statistics.mean(times[name])
+        ratios[name] = round(ms / plain, 3)
         mem = "" if args.no_memory else f" {peak_memory(name, args.device, args.batch):.0f}MB"
         print(f"{name} {ms:.1f} {ms / plain:.2f}{mem}", flush=True)
+    saved = Path(__file__).parent / "results" / f"step_time-{device.type}.json"
+    saved.write_text(json.dumps({"device": str(device), "batch": args.batch, "rounds": args.rounds,
+                                 "ratio_to_plain": ratios}, indent=1) + "\n")
     cosines = {k: cosine(registry, base, x, y, meta, device, k) for k in (1, 3, 6, 12, 24)}
     for k, c in cosines.items():
         print(f"meta_layers={k} cosine={c:.3f}")
-    fast = f"{statistics.mean(times['mcpm_head']) / plain:.2f}" if "mcpm_head" in times else "nan"
+    # the fast option: the exact meta-gradient at 12% of the steps (interval 1 -> 30); its
+    # cosine with the exact meta-gradient is 1 on the steps that take one
+    fast = (f"{statistics.mean(times['mcpm_adaptive30']) / plain:.2f}"
+            if "mcpm_adaptive30" in times else "nan")
+    fast_cosine = cosine(registry, base, x, y, meta, device, METHODS["mcpm_adaptive30"][1].get(
+        "meta_layers"))
     print(f"mcpm_ratio={statistics.mean(times['mcpm']) / plain:.2f} fast_ratio={fast} "
-          f"fast_cosine={cosines[1]:.3f}")
+          f"fast_cosine={fast_cosine:.3f}")
 
 
-def cosine(registry, base, x, y, meta, device: torch.device, layers: int) -> float:
+def cosine(registry, base, x, y, meta, device: torch.device, layers: int | None) -> float:
     """Cosine similarity of dL^/dR with ``meta_layers = layers`` and the exact one (weights 1)."""
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -8,7 +8,7 @@ import torch
 from noisyseg_backbones.unet import UNet
 from torch.func import functional_call
 
-from noisyseg import Registry, StepContext
+from noisyseg import ConfigError, Registry, StepContext
 from noisyseg.losses import per_pixel_loss
 from noisyseg.reweighting.virtual_step import meta_gradient, meta_pixel_gradient
 from noisyseg.testing import cpu_run_context
@@ -258,3 +258,18 @@ def test_the_adaptive_interval_steps_often_early_rarely_late_and_depends_on_the_
     with pytest.raises(ValueError, match="interval_max"):
         from noisyseg.reweighting import MetaNetOptions
         MetaNetOptions(interval=5, interval_max=2)
+
+
+def test_mcpm_takes_the_adaptive_interval_by_default_and_a_fixed_one_when_asked(
+        registry: Registry) -> None:
+    def options(**given: object) -> tuple[int, int | None]:
+        o = registry.build("reweighter", "mcpm", dict(given)).options
+        return o.interval, o.interval_max
+
+    assert options() == (1, 10)
+    assert options(interval=5) == (5, None)  # interval alone: the fixed interval asked for
+    assert options(interval=2, interval_max=20) == (2, 20)
+    assert options(interval_max=None) == (1, None)  # the papers' schedule
+    assert registry.build("reweighter", "mwnet", {}).options.interval_max is None
+    with pytest.raises(ConfigError, match="interval_max"):
+        options(interval=20, interval_max=10)
