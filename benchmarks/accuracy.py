@@ -63,6 +63,7 @@ from grid import append_row, read_rows  # the results CSV, as the grid writes it
 
 import noisyseg
 from noisyseg.config import merge
+from noisyseg.metrics import best_epoch_dice
 
 HERE = Path(__file__).resolve().parent
 CEILINGS = ("clean", "oracle", "oracle_balanced")
@@ -150,7 +151,8 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         head = {"meta_layers": 1} if method == "mcpm_head" else {}
         head = {"interval_max": 10} if method == "mcpm_adaptive" else head
         head = {"interval_max": 30} if method == "mcpm_adaptive30" else head
-        head = {"interval_max": None} if method in ("mcpm", "mcpm_head") else head  # every step
+        if method in ("mcpm", "mcpm_head"):  # the papers' meta step at every iteration
+            head = {**head, "interval_max": None}
         return {"reweighter": {"name": "mcpm", "options": {"meta_lr": 10 * base["train"]["lr"], **head}}}
     if method == "finetune":
         t = base["train"]
@@ -200,7 +202,7 @@ def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed
         return "" if v is None or v != v else round(float(v), 5)
 
     return {"dataset": dataset, "rate": rate, "method": method, "seed": seed,
-            "dice": round(m["dice"], 5), "best_dice": round(max(h["test_dice"] for h in result.history), 5),
+            "dice": round(m["dice"], 5), "best_dice": round(best_epoch_dice(result.history), 5),
             "auroc": num("weight_auroc"), "auroc_region": num("weight_auroc_region"),
             "mass_corrupted": num("weight_mass_corrupted"), "corrupted_share": num("corrupted_share"),
             "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}

@@ -25,6 +25,7 @@ import noisyseg
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.config import merge, parse_assignment
 from noisyseg.data import build_train_set
+from noisyseg.metrics import best_epoch_dice
 
 RUNS = {  # label -> (reweighter, corrector, noise rate)
     "none": ("none", "none", 0.4),
@@ -100,7 +101,7 @@ def main() -> None:
             row = {
                 "method": label, "seed": seed, "rate": rate, "epochs": args.epochs,
                 "dice": m["dice"], "iou": m["iou"], "hd95": m["hd95"],
-                "best_dice": max(h["test_dice"] for h in result.history),
+                "best_dice": best_epoch_dice(result.history),
                 "label_error_initial": m["train_label_error_initial"],
                 "label_error_final": m["train_label_error_final"],
                 "flip_precision": _flip_precision(result.history),

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import noisyseg
 from noisyseg.config import merge
+from noisyseg.metrics import best_epoch_dice
 
 HERE = Path(__file__).resolve().parent
 #: method -> (config it adds, whether it depends on the noise and r)
@@ -116,7 +117,7 @@ def execute(grid: GridConfig, spec: dict[str, Any], run_dir: Path) -> dict[str, 
     auroc = last.get("weight_auroc")
     return {
         **spec, "dice": m["dice"], "miou": m["iou"], "hd95": m["hd95"],
-        "best_dice": max(h["test_dice"] for h in result.history),
+        "best_dice": best_epoch_dice(result.history),
         "auroc": "" if auroc is None or auroc != auroc or spec["method"] in ("none", "plc") else auroc,
         "label_error_initial": m["train_label_error_initial"],
         "label_error_final": m["train_label_error_final"],
@@ -146,7 +147,8 @@ def forget(out: Path, methods: list[str]) -> int:
 
 def _init_worker(threads: int, gpus: Any = None) -> None:
     """A worker process shares the CPU cores fairly with the others; with ``gpus`` (a queue of
-    GPU numbers) it takes one GPU of its own, before torch first looks at CUDA."""
+    the parent's visible GPUs, as CUDA_VISIBLE_DEVICES names them) it takes one GPU of its own,
+    before torch first looks at CUDA."""
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     import torch
@@ -156,9 +158,18 @@ def _init_worker(threads: int, gpus: Any = None) -> None:
 
 def gpu_workers(workers: int, grid: GridConfig, gpu_count: int) -> int:
     """How many local workers to start: one run per GPU when the grid's runs go to CUDA (several
-    runs on one GPU each ran about 8x slower than alone: no gain in throughput)."""
-    on_gpu = gpu_count > 0 and str(grid.base.get("device", "auto")) != "cpu"
-    return min(workers, gpu_count) if on_gpu else workers
+    runs on one GPU each ran about 8x slower than alone: no gain in throughput); one when the
+    grid names a single GPU (``cuda:1``)."""
+    device = str(grid.base.get("device", "auto"))
+    if gpu_count == 0 or device == "cpu":
+        return workers
+    return 1 if ":" in device else min(workers, gpu_count)
+
+
+def visible_gpus(count: int) -> list[str]:
+    """The GPUs this process sees, as CUDA_VISIBLE_DEVICES names them (numbers or UUIDs)."""
+    names = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return names[:count] if names else [str(i) for i in range(count)]
 
 
 def _execute_in_worker(grid_data: dict[str, Any], spec: dict[str, Any], run_dir: str,
@@ -177,7 +188,7 @@ class _Executor:
     """
 
     def __init__(self, kind: str, workers: int, ray_address: str | None,
-                 gpus: int = 0) -> None:
+                 gpus: list[str] | None = None) -> None:
         cores = os.cpu_count() or 1
         self.threads = max(1, cores // workers)
         self.kind = kind
@@ -200,9 +211,9 @@ class _Executor:
                 sys.path.append(str(HERE))
             context = multiprocessing.get_context("spawn")
             queue = None
-            if gpus:  # worker i takes GPU i
+            if gpus:  # worker i takes the i-th visible GPU
                 queue = context.Queue()
-                for gpu in range(workers):
+                for gpu in gpus[:workers]:
                     queue.put(gpu)
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_worker,
@@ -240,7 +251,7 @@ def run_grid(grid: GridConfig, out: Path, executor: str = "local", workers: int 
     results = out / "results.csv"
     done = {run_id({**r, "rate": float(r["rate"]), "seed": int(r["seed"])}) for r in read_rows(results)}
     todo = [s for s in plan(grid) if run_id(s) not in done]
-    gpus = 0
+    gpus: list[str] = []
     if executor == "local" and workers > 1 and _cuda_available():
         import torch
 
@@ -248,7 +259,7 @@ def run_grid(grid: GridConfig, out: Path, executor: str = "local", workers: int 
         if workers < asked:
             print(f"one run per GPU: {workers} worker(s) instead of {asked}, each on its own GPU",
                   flush=True)
-        gpus = workers if workers > 1 else 0
+        gpus = visible_gpus(torch.cuda.device_count()) if workers > 1 else []
     print(f"grid '{grid.name}': {len(done)} runs done, {len(todo)} to go -> {out} "
           f"({executor}, {workers} worker(s))", flush=True)
     started, finished, failed = time.perf_counter(), 0, 0

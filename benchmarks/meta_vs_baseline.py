@@ -21,6 +21,7 @@ from pathlib import Path
 
 import noisyseg
 from noisyseg.config import merge, parse_assignment
+from noisyseg.metrics import best_epoch_dice
 
 RUNS = {  # label -> (reweighter, noise rate)
     "none": ("none", 0.4),
@@ -62,7 +63,7 @@ def main() -> None:
                 "method": label, "seed": seed, "rate": rate, "epochs": args.epochs,
                 "dice": result.metrics["dice"], "iou": result.metrics["iou"],
                 "hd95": result.metrics["hd95"],
-                "best_dice": max(h["test_dice"] for h in result.history),
+                "best_dice": best_epoch_dice(result.history),
                 "auroc": last.get("weight_auroc"), "w_corrupted": last.get("weight_mean_corrupted"),
                 "w_clean": last.get("weight_mean_clean"), "overrides": args.assignments,
                 "seconds": round(time.perf_counter() - start, 1),

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import noisyseg
+from noisyseg.metrics import best_epoch_dice
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
             m = result.metrics
             results[label].append(m["dice"])
             print(f"{label:<5} r={rate:.1f} seed={seed} dice={m['dice']:.4f} iou={m['iou']:.4f} "
-                  f"hd95={m['hd95']:.2f} best_epoch_dice={max(h['test_dice'] for h in result.history):.4f} "
+                  f"hd95={m['hd95']:.2f} best_epoch_dice={best_epoch_dice(result.history):.4f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     mean = {k: statistics.mean(v) for k, v in results.items()}
     spread = {k: (statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in results.items()}

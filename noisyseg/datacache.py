@@ -3,8 +3,10 @@ is made once and read back by every later run with the same options.
 
 A dataset class opts in with ``generated = True`` (and ``seeded = False`` when the run's seed does
 not change its splits). The cache key is the dataset's name, its options, the seed (when
-``seeded``), NumPy's version and a hash of the source file that defines the dataset, so editing
-the generator makes a new cache. Entries live in ``$NOISYSEG_CACHE`` (default
+``seeded``), NumPy's and SciPy's versions and a hash of the source file that defines the dataset,
+so editing the generator makes a new cache (helpers in other files are not hashed: a dataset
+whose generator lives elsewhere should not say ``generated``). A dataset must not draw from the
+global random state: a cache hit skips ``load``. Entries live in ``$NOISYSEG_CACHE`` (default
 ``$XDG_CACHE_HOME/noisyseg/generated`` or ``~/.cache/noisyseg/generated``); ``NOISYSEG_CACHE=off``
 turns the cache off. An entry appears only when complete (written aside, then renamed), so
 processes that build it at the same time each end with a whole one.
@@ -17,6 +19,9 @@ import inspect
 import json
 import os
 import shutil
+import socket
+import uuid
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +45,10 @@ def cache_root() -> Path | None:
 def load_splits(dataset: Dataset, seed: int) -> Splits:
     """``dataset.load(seed)``, from the cache when the dataset is ``generated``."""
     root = cache_root()
-    if not getattr(dataset, "generated", False) or root is None:
+    name = entry_name(dataset, seed) if getattr(dataset, "generated", False) else None
+    if root is None or name is None:
         return dataset.load(seed)
-    entry = root / entry_name(dataset, seed)
+    entry = root / name
     if (entry / "done.json").exists():
         try:
             return _read(entry)
@@ -56,26 +62,41 @@ def load_splits(dataset: Dataset, seed: int) -> Splits:
     return splits
 
 
-def entry_name(dataset: Dataset, seed: int) -> str:
-    source = Path(inspect.getsourcefile(type(dataset)) or "")
+def entry_name(dataset: Dataset, seed: int) -> str | None:
+    """The cache entry's name, or None when the dataset's source file cannot be read (a class
+    defined in a notebook): without it a changed generator could not be told apart."""
+    try:
+        source = Path(inspect.getsourcefile(type(dataset)) or "")
+    except TypeError:
+        return None
+    if not source.is_file():
+        return None
     key = json.dumps({
         "options": dataset.options.model_dump(mode="json"),
         "seed": seed if getattr(dataset, "seeded", True) else None,
         "numpy": np.__version__,
-        "source": hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "",
+        "scipy": _version("scipy"),  # generators filter with scipy.ndimage
+        "source": hashlib.sha256(source.read_bytes()).hexdigest(),
     }, sort_keys=True)
     return f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return ""
+
+
 def _write(splits: Splits, entry: Path) -> None:
-    work = entry.with_name(f"{entry.name}.building-{os.getpid()}")
+    work = entry.with_name(f"{entry.name}.building-{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         small = splits.num_classes <= 256  # masks as bytes: 8x smaller
         for name in SPLITS:
             split = getattr(splits, name)
-            np.save(work / f"{name}_images.npy", np.asarray(split.images, dtype=np.float32))
+            np.save(work / f"{name}_images.npy", np.asarray(split.images))  # dtype kept
             np.save(work / f"{name}_masks.npy",
                     np.asarray(split.masks, dtype=np.uint8 if small else np.int64))
         (work / "done.json").write_text(json.dumps(

@@ -13,7 +13,8 @@ an uninterrupted one would):
 - cuDNN picks deterministic algorithms and does not benchmark.
 
 Off, cuDNN benchmarks its algorithms and picks the fastest (``cudnn.benchmark``), so two runs may
-differ in the last digits. Every setting is put back when the run ends.
+differ in the last digits. Every torch setting is put back when the run ends;
+``CUBLAS_WORKSPACE_CONFIG`` stays set for the rest of the process (cuBLAS reads it once).
 """
 
 from __future__ import annotations

@@ -45,4 +45,5 @@ def register_commands(cli: click.Group) -> None:
 
 @hookspec
 def on_epoch_end(epoch: int, metrics: dict[str, Any], run_dir: str) -> None:
-    """Called after each epoch's evaluation with that epoch's metrics (read-only)."""
+    """Called at the end of each epoch with that epoch's metrics (read-only); the test scores
+    are there on the epochs ``train.eval_every`` scores."""

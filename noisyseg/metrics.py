@@ -170,3 +170,9 @@ def detection_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
         return float("nan")
     ranks = stats.rankdata(scores)
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def best_epoch_dice(history: list[dict]) -> float:
+    """The best test Dice of a run's epochs (``RunResult.history``), over the epochs that were
+    scored (``train.eval_every``); NaN when none was."""
+    return max((h["test_dice"] for h in history if "test_dice" in h), default=math.nan)

@@ -109,7 +109,7 @@ def train_step(
         )
     if not (world or World()).all_true(finite):
         if on_nonfinite == "skip":
-            return StepOutput(loss=torch.full((), math.nan, device=loss.device), weights=weights,
+            return StepOutput(loss=torch.full_like(loss, math.nan).detach(), weights=weights,
                               logits=ctx.logits.detach(), skipped=True)
         what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
         raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")

@@ -107,3 +107,13 @@ def test_runs_on_cuda_get_one_worker_per_gpu() -> None:
     assert grid_module.gpu_workers(2, on_gpu, gpu_count=4) == 2
     assert grid_module.gpu_workers(6, on_cpu, gpu_count=4) == 6
     assert grid_module.gpu_workers(6, on_gpu, gpu_count=0) == 6
+
+
+def test_workers_take_the_gpus_the_parent_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = grid_module.load_grid(grid_module.HERE / "grids" / "cpu.yaml")
+    one_gpu = grid.model_copy(update={"base": {**grid.base, "device": "cuda:1"}})
+    assert grid_module.gpu_workers(6, one_gpu, gpu_count=4) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert grid_module.visible_gpus(2) == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert grid_module.visible_gpus(3) == ["0", "1", "2"]

@@ -63,7 +63,8 @@ class MetaNetOptions(BaseModel):
         if self.first_order and (self.method == "higher" or self.virtual != "sgd"):
             raise ValueError("first_order needs the jvp method (virtual = 'sgd')")
         if self.interval_max is not None and self.interval_max < self.interval:
-            raise ValueError("interval_max must be >= interval")
+            raise ValueError(f"interval_max ({self.interval_max}) must be >= interval "
+                             f"({self.interval}); set interval_max=null for a fixed interval")
         if self.meta_layers is not None and (self.method == "higher" or self.virtual != "sgd"):
             raise ValueError("meta_layers needs the jvp method (virtual = 'sgd')")
         return self

@@ -7,8 +7,8 @@ segmentation network (Eqs. 3-4) and the real step uses the updated weights (Eq. 
 itself is :class:`noisyseg.reweighting.weighting_net.MetaNetReweighter`.
 
 Our default differs from the paper's meta step at every iteration: ``interval_max = 10`` lets the
-interval grow from 1 to 10 over the run (about a quarter of the steps take a meta step, 1.86
-plain steps per step instead of 4.35 on the CPU), chosen because Dice and detection stayed within
+interval grow from 1 to 10 over the run (about a quarter of the steps take a meta step, 1.83
+plain steps per step instead of 4.00 on the 2-core CPU), chosen because Dice and detection stayed within
 the exact method's seed spread at r = 0.4 and 0.8 (docs/benchmarks.md). ``interval_max = null``
 is the paper's schedule.
 """
