@@ -42,6 +42,7 @@ import noisyseg.loop
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.config import merge, resolve
 from noisyseg.data import build_train_set
+from noisyseg.datacache import load_splits
 from noisyseg.losses import out_channels
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -90,7 +91,7 @@ def time_bare(config: dict[str, Any], device: torch.device) -> float:
     """Seconds of a bare PyTorch loop over the same data, network, batch and optimiser."""
     cfg = resolve(config)
     registry = Registry(build_plugin_manager())
-    splits = registry.build("dataset", cfg.dataset.name, cfg.dataset.options).load(cfg.seed)
+    splits = load_splits(registry.build("dataset", cfg.dataset.name, cfg.dataset.options), cfg.seed)
     noise = registry.build("noise", cfg.noise.name, cfg.noise.options)
     train = build_train_set(splits, noise, cfg.noise.rate, cfg.seed, True, False)
     torch.manual_seed(cfg.seed)

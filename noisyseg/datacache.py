@@ -14,6 +14,7 @@ processes that build it at the same time each end with a whole one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -21,6 +22,7 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -88,11 +90,27 @@ def _version(package: str) -> str:
         return ""
 
 
-def _write(splits: Splits, entry: Path) -> None:
+@contextlib.contextmanager
+def built_aside(entry: Path) -> Iterator[Path]:
+    """A fresh folder beside ``entry`` to build a cache entry in (its last file ``done.json``):
+    renamed to ``entry`` when the block ends without error, deleted in any case. When another
+    process finished ``entry`` first, theirs is kept. Used by this cache and the ``folder``
+    dataset's stream cache."""
     work = entry.with_name(f"{entry.name}.building-{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
-    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
+        yield work
+        try:
+            os.replace(work, entry)
+        except OSError:
+            if not (entry / "done.json").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _write(splits: Splits, entry: Path) -> None:
+    with built_aside(entry) as work:
         small = splits.num_classes <= 256  # masks as bytes: 8x smaller
         for name in SPLITS:
             split = getattr(splits, name)
@@ -101,12 +119,6 @@ def _write(splits: Splits, entry: Path) -> None:
                     np.asarray(split.masks, dtype=np.uint8 if small else np.int64))
         (work / "done.json").write_text(json.dumps(
             {"num_classes": splits.num_classes, "class_names": splits.class_names}))
-        try:
-            os.replace(work, entry)
-        except OSError:  # another process finished the same entry first: keep theirs
-            pass
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _read(entry: Path) -> Splits:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +25,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from noisyseg import Split, Splits
+from noisyseg.datacache import SPLITS, built_aside
 from noisyseg.scratch import chunks
 from noisyseg_datasets.masks import apply_map, class_map
 
 if TYPE_CHECKING:
     from noisyseg_datasets.folder import FolderDataset
 
-SPLITS = ("train", "meta", "test")
 #: the options that change what the cache holds
 _CONTENT = ("images_dir", "masks_dir", "num_classes", "mask_threshold", "mask_values",
             "meta_fraction", "test_fraction", "split_seed")
@@ -100,10 +99,7 @@ def _build(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Pat
     """Read every file once into raw arrays, find the class map, then write each split's
     arrays, a chunk of samples at a time; the cache appears only when complete."""
     o = dataset.options
-    work = cache.with_name(f"{cache.name}.building-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with built_aside(cache) as work:
         raw: dict[str, tuple[int, tuple[int, ...]]] = {}
         values: dict[str, set[int]] = {}
         total = sum(len(pairs) for pairs in listing.values())
@@ -123,9 +119,6 @@ def _build(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Pat
             for suffix in (".img", ".msk"):
                 (work / name).with_suffix(suffix).unlink(missing_ok=True)
         (work / "done.json").write_text(json.dumps({"num_classes": k, "root": str(root)}))
-        os.replace(work, cache)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _write_raw(dataset: FolderDataset, pairs: list[tuple[Path, Path]], root: Path, stem: Path,
