@@ -39,7 +39,11 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   2026-11-23; ``mcpm`` and ``mcpm_head`` here keep the paper's meta step at every iteration
   (``interval_max = null``), as in every earlier result. Run only when named;
 - ``mcpm_adaptive30``: the same growing to 30 (a meta step at 12% of the steps). Run only when
-  named.
+  named;
+- ``tloss``, ``nrdice``: plain training with a noise-robust loss instead of cross-entropy (the
+  ``loss`` kind: the T-Loss of Gonzalez-Jimenez et al. 2023 with its learned nu, the noise-robust
+  Dice of Wang et al. 2020, gamma 1.5), default options; ``relabel_tloss``: relabel trained with
+  the T-Loss (a loss composed with a reweighter and a corrector). Run only when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -70,10 +74,11 @@ CEILINGS = ("clean", "oracle", "oracle_balanced")
 BASELINES = ("none", "none_nometa", "none_select", "finetune", "none_aug")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
            "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect", "none_aug",
-           "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30")
+           "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30", "tloss", "nrdice",
+           "relabel_tloss")
 #: run only when named in --methods (added after the first results, each to answer one question)
 ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head", "mcpm_adaptive",
-                   "mcpm_adaptive30")
+                   "mcpm_adaptive30", "tloss", "nrdice", "relabel_tloss")
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -147,6 +152,11 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"corrector": {"name": "adele"}}
     if method == "gce":
         return {"reweighter": {"name": "gce"}}
+    if method in ("tloss", "nrdice"):
+        return {"loss": {"name": method}}
+    if method == "relabel_tloss":
+        return {"loss": {"name": "tloss"}, "reweighter": {"name": "l2rw"},
+                "corrector": {"name": "relabel"}}
     if method in ("mcpm", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30"):
         head = {"meta_layers": 1} if method == "mcpm_head" else {}
         head = {"interval_max": 10} if method == "mcpm_adaptive" else head

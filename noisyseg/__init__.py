@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 #: every public name and the module that defines it
 _EXPORTS = {
-    **dict.fromkeys(("Backbone", "Dataset", "LabelCorrector", "NoiseModel", "Reweighter",
+    **dict.fromkeys(("Backbone", "Dataset", "LabelCorrector", "Loss", "NoiseModel", "Reweighter",
                      "RunContext", "Split", "Splits", "StepContext", "mean_one"),
                     "noisyseg.components"),
     "Config": "noisyseg.config",
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         Backbone,
         Dataset,
         LabelCorrector,
+        Loss,
         NoiseModel,
         Reweighter,
         RunContext,
@@ -61,7 +62,7 @@ except metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [  # the same names as _EXPORTS (a test compares them)
     "Backbone", "CheckpointError", "Config", "ConfigError", "DataError", "DataWarning", "Dataset",
-    "LabelCorrector", "NoiseModel", "NoisysegError", "NumericalError", "PluginError", "Registry",
+    "LabelCorrector", "Loss", "NoiseModel", "NoisysegError", "NumericalError", "PluginError", "Registry",
     "Reweighter", "RunContext", "RunResult", "Split", "Splits", "StepContext",
     "build_plugin_manager", "hookimpl", "mean_one", "run",
 ]

@@ -176,9 +176,10 @@ def _report(m: dict[str, Any], run_dir: Path) -> None:
     if not m:  # a process other than rank 0 of a torchrun launch
         return
     click.echo(f"run directory: {run_dir}")
+    unit = "mm" if m.get("distance_mm") else "px"
     click.echo(
-        f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} px  "
-        f"HD95 {m['hd95']:.2f} px  ({m['epochs']} epochs, {m['seconds']:.0f} s)"
+        f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} {unit}  "
+        f"HD95 {m['hd95']:.2f} {unit}  ({m['epochs']} epochs, {m['seconds']:.0f} s)"
     )
     before, after = m["train_label_error_initial"], m["train_label_error_final"]
     if before != after:

@@ -1,4 +1,4 @@
-"""The component interfaces: what a backbone, noise model, dataset, reweighter and label
+"""The component interfaces: what a backbone, noise model, dataset, loss, reweighter and label
 corrector must provide. Plugins subclass these; the engine only ever talks to these bases. The
 table of kinds (:mod:`noisyseg.kinds`) names each base with its hook, config section and check.
 
@@ -47,12 +47,16 @@ class Component:
 class Backbone(Component):
     """Builds a segmentation network."""
 
+    #: the spatial dimensions its networks handle: (2,) images only, (2, 3) images and volumes
+    spatial_dims: ClassVar[tuple[int, ...]] = (2,)
 
-    def build(self, in_channels: int, out_channels: int) -> nn.Module:
-        """Return a module mapping images to logits.
+    def build(self, in_channels: int, out_channels: int, dims: int = 2) -> nn.Module:
+        """Return a module mapping images (or, with ``dims = 3``, volumes) to logits. The engine
+        passes ``dims`` only for volumes, and only to a backbone whose ``spatial_dims`` has 3.
 
         Shape:
-            input - (N, in_channels, H, W); output - (N, out_channels, H, W)
+            input - (N, in_channels, H, W) or (N, in_channels, D, H, W); output - (N,
+            out_channels, H, W) or (N, out_channels, D, H, W)
         """
         raise NotImplementedError
 
@@ -61,12 +65,14 @@ class Backbone(Component):
 class NoiseModel(Component):
     """Corrupts one clean mask (the truth is kept beside the result)."""
 
+    #: the mask dimensions it corrupts: (2,) images only, (2, 3) images and volumes
+    spatial_dims: ClassVar[tuple[int, ...]] = (2,)
 
     def corrupt(self, mask: np.ndarray, rng: np.random.Generator, num_classes: int) -> np.ndarray:
         """Return a corrupted copy of ``mask``: same shape and dtype, labels in [0, num_classes).
 
         Shape:
-            mask - (H, W) integer labels; returns (H, W)
+            mask - (H, W) integer labels, or (D, H, W) for a volume; returns the same shape
         """
         raise NotImplementedError
 
@@ -74,10 +80,11 @@ class NoiseModel(Component):
 # --------------------------------------------------------------------------- datasets
 @dataclass
 class Split:
-    """Images and masks of one split.
+    """Images and masks of one split: 2-D images, or volumes.
 
     Shape:
-        images - (N, C, H, W) float32; masks - (N, H, W) int64 labels in [0, num_classes)
+        images - (N, C, H, W) float32; masks - (N, H, W) int64 labels in [0, num_classes);
+        volumes: images (N, C, D, H, W), masks (N, D, H, W)
     """
 
     images: np.ndarray
@@ -96,10 +103,18 @@ class Splits:
     test: Split
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    #: the size of a pixel (voxel) along each spatial axis, in mm, e.g. (2.0, 2.0, 2.0); None:
+    #: unknown, distances are then in pixels
+    spacing: tuple[float, ...] | None = None
 
     @property
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return int(self.train.masks.ndim - 1)
 
 
 class Dataset(Component):
@@ -115,8 +130,51 @@ class Dataset(Component):
         raise NotImplementedError
 
 
-# --------------------------------------------------------------------------- reweighters
+# --------------------------------------------------------------------------- losses
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Loss(Component):
+    """Turns the network's logits and the training labels into a per-pixel loss map.
+
+    The loop trains on ``mean(w * loss_map)`` with ``w`` from the reweighter, so every loss
+    composes with every reweighter and corrector. The meta reweighters' virtual steps and the
+    clean meta objective use the same loss (:attr:`RunContext.loss_fn`).
+    """
+
+    def setup(self, run: RunContext) -> None:
+        """Called once before training, before the reweighter's and corrector's setup."""
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The per-pixel loss, differentiable in ``logits`` (and in :meth:`parameters`).
+
+        Shape:
+            logits - (N, K, H, W) with K = 1 (binary) or K = num_classes; labels - (N, H, W)
+            int64; returns (N, H, W), finite
+        """
+        raise NotImplementedError
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters the loss learns with the network (the run's optimiser steps them, in a
+        group of their own without weight decay, and checkpoints keep them)."""
+        return []
+
+    def metrics(self) -> dict[str, float]:
+        """What to log at the end of each epoch (e.g. a learned parameter), keys prefixed with
+        ``loss_``."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"param{i}": p.detach().clone() for i, p in enumerate(self.parameters())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        with torch.no_grad():
+            for i, p in enumerate(self.parameters()):
+                p.copy_(state[f"param{i}"])
+
+
+# --------------------------------------------------------------------------- reweighters
 
 
 @dataclass
@@ -130,6 +188,7 @@ class RunContext:
 
     build_model: Callable[[], nn.Module]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    #: the run's loss (the ``loss`` component): logits (N, K, H, W), labels (N, H, W) -> (N, H, W)
     loss_fn: LossFn
     device: torch.device
     num_classes: int
@@ -145,6 +204,9 @@ class RunContext:
     #: on purpose by the noise model), else None. For ceilings and diagnostics only (the
     #: ``oracle`` reweighter): a method that learns from them is not a noisy-label method.
     clean_labels: torch.Tensor | None = None
+    #: 2 for images, 3 for volumes: label maps are (N, H, W) or (N, D, H, W), and so are the
+    #: loss maps and weights (every "(N, H, W)" in these docs reads "(N, D, H, W)" for volumes)
+    spatial_dims: int = 2
     #: where to keep per-pixel state the size of the training set (``scratch.tensor(shape,
     #: dtype)``, ``scratch.clone(t)``): in memory, or in files when the dataset streams from disk
     scratch: Scratch = field(default_factory=Scratch)
@@ -282,6 +344,7 @@ class Components:
     dataset: Dataset
     noise: NoiseModel
     backbone: Backbone
+    loss: Loss
     reweighter: Reweighter
     corrector: LabelCorrector
 

@@ -78,10 +78,10 @@ def noise_region(clean: np.ndarray, noisy: np.ndarray, out: np.ndarray | None = 
     from any object, which dominates scores over all pixels.
 
     Shape:
-        clean, noisy - (N, H, W) integer labels; returns (N, H, W) bool
+        clean, noisy - (N, H, W) or (N, D, H, W) integer labels; returns the same shape, bool
     """
     radius = 1.0
-    cross = ndimage.generate_binary_structure(2, 1)
+    cross = ndimage.generate_binary_structure(clean.ndim - 1, 1)  # 4- (6- in volumes) neighbours
     for c, n in zip(clean, noisy, strict=True):
         ch = n != c
         if ch.any():  # boundary: foreground pixels with a 4-neighbour of another label
@@ -169,19 +169,33 @@ def check_splits(splits: Splits, source: str) -> None:
         if len(getattr(splits, name)) == 0:
             raise DataError(f"dataset '{source}' has an empty {name} split")
     shape = splits.train.images.shape[1:]
+    dims = splits.train.images.ndim - 2
+    if splits.spacing is not None and (len(splits.spacing) != dims
+                                       or not all(s > 0 for s in splits.spacing)):
+        raise DataError(f"dataset '{source}': spacing {splits.spacing} must hold {dims} positive "
+                        "sizes (mm), one per spatial axis")
     for name in ("train", "meta", "test"):
         split: Split = getattr(splits, name)
         if len(split) == 0:
             continue
-        if split.images.ndim != 4 or split.masks.ndim != 3:
+        if split.images.ndim not in (4, 5) or split.masks.ndim != split.images.ndim - 1:
             raise DataError(
                 f"dataset '{source}' {name} split: images must be (N, C, H, W) and masks "
-                f"(N, H, W), got {split.images.shape} and {split.masks.shape}"
+                f"(N, H, W), or volumes (N, C, D, H, W) and (N, D, H, W), got "
+                f"{split.images.shape} and {split.masks.shape}"
             )
-        if split.images.shape[1:] != shape or split.masks.shape[1:] != shape[1:]:
+        if split.images.shape[2:] != split.masks.shape[1:]:
+            raise DataError(f"dataset '{source}' {name} split: images {split.images.shape[1:]} "
+                            f"and masks {split.masks.shape[1:]} differ in size")
+        # the test split may hold larger volumes (predicted by a sliding window): same channels
+        same = (split.images.shape[1:] == shape if name != "test" else
+                split.images.ndim - 2 == dims and split.images.shape[1] == shape[0]
+                and all(a >= b for a, b in zip(split.images.shape[2:], shape[1:], strict=True)))
+        if not same:
             raise DataError(
-                f"dataset '{source}' {name} split: every image must be {tuple(shape)}, "
-                f"got images {split.images.shape[1:]} and masks {split.masks.shape[1:]}"
+                f"dataset '{source}' {name} split: every image must be {tuple(shape)}"
+                + (" (test images may be larger, with as many channels and axes)"
+                   if name == "test" else "") + f", got {split.images.shape[1:]}"
             )
         if not np.issubdtype(split.masks.dtype, np.integer):
             raise DataError(f"dataset '{source}' {name} split: masks must hold integer labels, "
@@ -213,9 +227,9 @@ def _check_pixels(split: Split, where: str) -> None:
         if not finite.all():
             i, j = np.argwhere(~finite)[0]
             pixel = tuple(int(k) for k in np.unravel_index(j, split.images.shape[1:]))
+            axes = "(channel, row, column)" if len(pixel) == 3 else "(channel, slice, row, column)"
             raise DataError(f"{where}: image #{part.start + i} holds a non-finite pixel value "
-                            f"({images[i, j]} at (channel, row, column) {pixel}); fix or remove "
-                            "that image")
+                            f"({images[i, j]} at {axes} {pixel}); fix or remove that image")
         constant.append(part.start + np.flatnonzero(images.min(axis=1) == images.max(axis=1)))
         masks = np.asarray(split.masks[part]).reshape(part.stop - part.start, -1)
         empty.append(part.start + np.flatnonzero(masks.max(axis=1) == 0))

@@ -118,7 +118,8 @@ def _write(splits: Splits, entry: Path) -> None:
             np.save(work / f"{name}_masks.npy",
                     np.asarray(split.masks, dtype=np.uint8 if small else np.int64))
         (work / "done.json").write_text(json.dumps(
-            {"num_classes": splits.num_classes, "class_names": splits.class_names}))
+            {"num_classes": splits.num_classes, "class_names": splits.class_names,
+             "spacing": None if splits.spacing is None else list(splits.spacing)}))
 
 
 def _read(entry: Path) -> Splits:
@@ -126,5 +127,7 @@ def _read(entry: Path) -> Splits:
     parts = {name: Split(np.load(entry / f"{name}_images.npy"),
                          np.load(entry / f"{name}_masks.npy").astype(np.int64))
              for name in SPLITS}
+    spacing = info.get("spacing")
     return Splits(**parts, num_classes=int(info["num_classes"]),
-                  class_names=list(info["class_names"]))
+                  class_names=list(info["class_names"]),
+                  spacing=None if spacing is None else tuple(float(v) for v in spacing))

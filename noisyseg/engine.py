@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from noisyseg import distributed, rundir
-from noisyseg.components import Components, LabelCorrector, Reweighter, RunContext
+from noisyseg.augment import GEOMETRIC, INTENSITY
+from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Splits
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
 from noisyseg.datacache import load_splits
@@ -27,7 +28,7 @@ from noisyseg.distributed import World
 from noisyseg.errors import ConfigError, DataWarning
 from noisyseg.kinds import KINDS
 from noisyseg.loop import Loop
-from noisyseg.losses import out_channels, per_pixel_loss
+from noisyseg.losses import out_channels
 from noisyseg.plugins import Registry, build_plugin_manager
 
 
@@ -40,10 +41,11 @@ class RunResult:
     history: list[dict[str, Any]]
     config: Config
     model: nn.Module = field(repr=False)
-    #: the trained reweighter and corrector (``corrector.store`` holds the final training labels);
-    #: None when the run trained in other processes (``nproc``)
+    #: the trained reweighter and corrector (``corrector.store`` holds the final training labels)
+    #: and the loss; None when the run trained in other processes (``nproc``)
     reweighter: Reweighter | None = field(default=None, repr=False)
     corrector: LabelCorrector | None = field(default=None, repr=False)
+    loss: Loss | None = field(default=None, repr=False)
 
 
 def resolve_device(name: str, world: World | None = None) -> torch.device:
@@ -103,6 +105,27 @@ def check_augment(config: Config, parts: Components) -> None:
             "where they belong; use augment.hflip, vflip, rotate90 and the intensity transforms "
             "with this corrector"
         )
+
+
+def check_volumes(config: Config, parts: Components, splits: Splits) -> None:
+    """Volumes need a backbone and a noise model that handle them, and no augmentation (its
+    transforms are 2-D): say which option to change."""
+    dims = splits.spatial_dims
+    if dims == 2:
+        return
+    for key in ("backbone", "noise"):
+        part = getattr(parts, key)
+        if dims not in part.spatial_dims:
+            raise ConfigError(
+                f"dataset '{config.dataset.name}' gives {dims}-D volumes, and {key} "
+                f"'{part.name}' handles only {' or '.join(f'{d}-D' for d in part.spatial_dims)} "
+                f"data; pick a {key} that handles volumes (e.g. --{key} "
+                f"{'unet' if key == 'backbone' else 'dilation'})"
+            )
+    on = [name for name in (*GEOMETRIC, *INTENSITY) if getattr(config.augment, name) > 0]
+    if on:
+        raise ConfigError(f"dataset '{config.dataset.name}' gives {dims}-D volumes; the augment "
+                          f"section's transforms are 2-D: turn them off for volumes (augment.{on[0]} = 0)")
 
 
 def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
@@ -196,6 +219,7 @@ def _run_here(
         if not world.is_main:  # every process checks; one says what it found
             warnings.simplefilter("ignore", DataWarning)
         check_splits(splits, cfg.dataset.name)
+    check_volumes(cfg, parts, splits)
     needs_meta = parts.reweighter.needs_meta_batch
     if needs_meta and len(splits.meta) == 0:
         raise ConfigError(
@@ -220,7 +244,9 @@ def _run_here(
             warnings.warn(message, DataWarning, stacklevel=2)
 
     def build_model() -> nn.Module:
-        return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes)).to(device)
+        volumes = {"dims": 3} if splits.spatial_dims == 3 else {}  # 2-D backbones need not know
+        return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes),
+                                    **volumes).to(device)
 
     model = build_model()
     pixel_noise_rate = train.noise_rate
@@ -230,12 +256,10 @@ def _run_here(
         except RuntimeError as exc:
             raise ConfigError(f"train.init_from: the weights in {cfg.train.init_from} do not fit "
                               f"this backbone ({str(exc).splitlines()[0]})") from None
-    optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = make_scheduler(cfg, optimizer)
     context = RunContext(
         build_model=build_model,
         make_optimizer=lambda params: make_optimizer(cfg, params),
-        loss_fn=per_pixel_loss,
+        loss_fn=parts.loss,
         device=device,
         num_classes=splits.num_classes,
         noise_rate=cfg.noise.rate,
@@ -246,7 +270,14 @@ def _run_here(
         world=world,
         clean_labels=train.clean if pixel_noise_rate > 0 else None,
         scratch=train.scratch,
+        spatial_dims=splits.spatial_dims,
     )
+    parts.loss.setup(context)
+    learned = parts.loss.parameters()  # a loss's own parameters: a group without weight decay
+    optimizer = make_optimizer(cfg, [{"params": list(model.parameters())},
+                                     {"params": learned, "weight_decay": 0.0}]
+                               if learned else model.parameters())
+    scheduler = make_scheduler(cfg, optimizer)
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)
     meta = (
@@ -283,7 +314,7 @@ def _run_here(
         raise
     world.barrier()
     return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model,
-                     reweighter=parts.reweighter, corrector=parts.corrector)
+                     reweighter=parts.reweighter, corrector=parts.corrector, loss=parts.loss)
 
 
 def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool) -> RunResult:

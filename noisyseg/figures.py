@@ -35,7 +35,8 @@ def example_rows(model: torch.nn.Module, train_set: Any, test: Any, n: int, devi
             "noisy": train_set.noisy[i].numpy(), "pred": train_pred[k],
             "weight": None if weights is None else weights[k],
         })
-    test_pred = predict_all(model, torch.from_numpy(np.asarray(test.images[test_idx])), device)
+    test_pred = predict_all(model, torch.from_numpy(np.asarray(test.images[test_idx])), device,
+                            window=tuple(train_set.images.shape[2:]))  # as the test scores are
     for k, i in enumerate(test_idx.tolist()):
         rows.append({"title": f"test #{i}", "image": test.images[i], "clean": test.masks[i],
                      "pred": test_pred[k]})
@@ -60,6 +61,41 @@ def augmented_rows(train_set: Any, labels_of: Callable[[torch.Tensor], torch.Ten
     return rows
 
 
+#: the orthogonal views of a volume (D, H, W): each name with the axis its slices cut across
+VIEWS = (("axial", 0), ("coronal", 1), ("sagittal", 2))
+
+
+def foreground_centre(mask: np.ndarray) -> tuple[int, ...]:
+    """The centroid of ``mask > 0``, rounded, or the array's centre when there is no foreground.
+
+    Shape:
+        mask - (H, W) or (D, H, W); returns one index per axis
+    """
+    points = np.argwhere(np.asarray(mask) > 0)
+    if not len(points):
+        return tuple(n // 2 for n in np.shape(mask))
+    return tuple(int(round(c)) for c in points.mean(axis=0))
+
+
+def volume_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A volume's row of :func:`save_examples` as three rows of 2-D pictures: the axial, coronal
+    and sagittal slices through the centre of the clean mask's foreground (:func:`foreground_centre`).
+
+    Shape:
+        ``image`` - (C, D, H, W) and the masks and weights (D, H, W) -> (C, H, W) / (H, W) axial,
+        (C, D, W) / (D, W) coronal, (C, D, H) / (D, H) sagittal
+    """
+    centre = foreground_centre(row["clean"])
+    rows = []
+    for view, axis in VIEWS:
+        at = centre[axis]
+        sliced = {key: None if value is None else np.take(np.asarray(value), at,
+                                                          axis=axis + 1 if key == "image" else axis)
+                  for key, value in row.items() if key != "title"}
+        rows.append({**sliced, "title": f"{row['title']}\n{view}, {'DHW'[axis]} = {at}"})
+    return rows
+
+
 def _show_image(ax: Any, image: np.ndarray) -> None:
     img = image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
@@ -70,13 +106,15 @@ def save_examples(
     rows: list[dict[str, Any]],
     num_classes: int,
 ) -> None:
-    """One row per example: image | clean mask | noisy mask | prediction [| weight map].
+    """One row per example: image | clean mask | noisy mask | prediction [| weight map]; three
+    rows per volume, its axial, coronal and sagittal slices (:func:`volume_rows`).
 
     Each row dict holds ``title``, ``image`` (C, H, W), ``clean`` (H, W), ``pred`` (H, W) and
-    optionally ``noisy`` (H, W) and ``weight`` (H, W).
+    optionally ``noisy`` (H, W) and ``weight`` (H, W); for a volume (C, D, H, W) and (D, H, W).
     """
     if not rows:
         return
+    rows = [r for row in rows for r in (volume_rows(row) if np.ndim(row["clean"]) == 3 else [row])]
     columns = ["image", "clean mask", "noisy mask", "prediction"]
     if any(r.get("weight") is not None for r in rows):
         columns.append("weight map")
@@ -142,9 +180,12 @@ def save_curves(path: Path, history: list[dict[str, Any]]) -> None:
 def save_augmented(path: Path, rows: list[dict[str, Any]]) -> None:
     """One row per training image: the image with its training mask outlined, then draws of the
     augmentation with the mask moved along. Each row dict holds ``title``, ``images`` (a list of
-    (C, H, W), the original first) and ``masks`` (the matching (H, W) training masks)."""
+    (C, H, W), the original first) and ``masks`` (the matching (H, W) training masks). Volumes
+    ((C, D, H, W) and (D, H, W)) show their axial slice through the centre of the original's
+    training mask (:func:`foreground_centre`), the same slice in every draw."""
     if not rows:
         return
+    rows = [_axial_row(row) if np.ndim(row["masks"][0]) == 3 else row for row in rows]
     cols = len(rows[0]["images"])
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.0 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
@@ -163,3 +204,12 @@ def save_augmented(path: Path, rows: list[dict[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _axial_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A volume's row of :func:`save_augmented` as its axial slices through the original mask's
+    foreground centre."""
+    at = foreground_centre(row["masks"][0])[0]
+    return {"title": f"{row['title']}\naxial, D = {at}",
+            "images": [np.asarray(image)[:, at] for image in row["images"]],
+            "masks": [np.asarray(mask)[at] for mask in row["masks"]]}

@@ -54,6 +54,7 @@ KINDS: dict[str, Kind] = {kind.key: kind for kind in (
          "check_noise_model"),
     Kind("backbone", "Backbone", "register_backbones", "backbone", "backbones", "unet",
          "check_backbone"),
+    Kind("loss", "Loss", "register_losses", "loss", "losses", "ce", "check_loss"),
     Kind("reweighter", "Reweighter", "register_reweighters", "reweighter", "reweighters", "none",
          "check_reweighter"),
     Kind("corrector", "LabelCorrector", "register_label_correctors", "label corrector",

@@ -5,7 +5,7 @@ method: the components come in through :class:`noisyseg.engine.Components`.
     for each step:
         x, y   = batch, labels from the corrector     (possibly corrected labels)
         x, y   = augment(x, y)                         (with the clean mask; config's augment)
-        L      = per-pixel loss of model(x) vs y      (N, H, W)
+        L      = loss(model(x), y)                     (N, H, W), the loss component's map
         w      = reweighter.weigh(step context)       (N, H, W), detached
         loss   = mean(w * L); backward; optimiser step
         corrector.observe_weights(index, w)           (if it wants them)
@@ -148,7 +148,7 @@ class Loop:
                 Batch(batch.images, labels, meta, index, clean if ts.region is not None else None),
                 self.step, epoch, self.device, grad_clip=self.cfg.train.grad_clip,
                 on_nonfinite=self.cfg.train.on_nonfinite, apply_weights=self.cfg.train.apply_weights,
-                forward=self.forward, world=self.world,
+                forward=self.forward, world=self.world, loss_fn=self.parts.loss,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
@@ -243,6 +243,7 @@ class Loop:
             **self._label_changes(labels_before),
             **stats.summary(),  # among several processes: the pixels of rank 0's shares
             **corrector_metrics,
+            **self.parts.loss.metrics(),
         }
         if self.world.is_main:
             if self._evaluates(epoch):
@@ -293,8 +294,10 @@ class Loop:
         """Metrics of a split, predicted and scored a chunk of images at a time."""
         data = getattr(self.splits, split)
         k = self.splits.num_classes
+        window = tuple(self.train_set.images.shape[2:])  # larger test images: sliding window
         table = [image_table(predict_all(self.model, as_tensor(np.ascontiguousarray(data.images[p])),
-                                         self.device), np.asarray(data.masks[p]), k, distances)
+                                         self.device, window=window),
+                             np.asarray(data.masks[p]), k, distances, spacing=self.splits.spacing)
                  for p in chunks(len(data))]
         return summarise(np.concatenate(table), k, distances)  # (no split scored is empty)
 
@@ -318,6 +321,7 @@ class Loop:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "reweighter": self.parts.reweighter.state_dict(),
+            "loss": self.parts.loss.state_dict(),
             "corrector": self.parts.corrector.state_dict(),
             "generator": self.generator.get_state(),
             "meta": self.meta.state_dict() if self.meta is not None else None,
@@ -334,6 +338,7 @@ class Loop:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.parts.reweighter.load_state_dict(state["reweighter"])
+            self.parts.loss.load_state_dict(state.get("loss", {}))
             self.parts.corrector.load_state_dict(state["corrector"])
             if self.meta is not None:
                 self.meta.load_state_dict(state["meta"])
@@ -368,6 +373,7 @@ class Loop:
             **final,
             **{k: v for k, v in last.items() if k.startswith("weight_") or k == "corrupted_share"},
             **selected,
+            "distance_mm": float(self.splits.spacing is not None),  # hd, hd95: mm, else px
             "train_label_error_initial": self.train_set.noise_rate,
             "train_label_error_final": self.train_set.label_error(self.parts.corrector.store),
             "epochs": len(self.history),
@@ -401,7 +407,7 @@ class Loop:
             batch = Batch(self.train_set.images[index], self.parts.corrector.labels(index), meta,
                           index, self._known_clean(index))
             ctx = step_context(self.model, self.optimizer, batch, self.step, len(self.history),
-                               self.device)
+                               self.device, loss_fn=self.parts.loss)
             weights = self.parts.reweighter.preview(ctx)
         finally:
             self.model.train()

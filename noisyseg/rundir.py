@@ -93,8 +93,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 #: what a checkpoint holds (the training loop writes exactly these); a resume needs all but
 #: :data:`OPTIONAL_KEYS`
 CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler", "reweighter",
-                   "corrector", "generator", "meta", "rng", "history", "best")
-OPTIONAL_KEYS = ("meta", "best")
+                   "corrector", "loss", "generator", "meta", "rng", "history", "best")
+OPTIONAL_KEYS = ("meta", "best", "loss")  # loss: checkpoints from before the loss kind have none
 
 
 def rng_state() -> dict[str, Any]:

@@ -10,26 +10,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from noisyseg.components import Reweighter, StepContext
+from noisyseg.components import LossFn, Reweighter, StepContext
 from noisyseg.distributed import World
 from noisyseg.errors import NoisysegError, NumericalError
 from noisyseg.losses import per_pixel_loss, predict
+from noisyseg.window import sliding_probs
 
 
 @torch.no_grad()
 def predict_all(
-    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64,
+    window: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Predicted labels (N, H, W) for images (N, C, H, W), in eval mode."""
+    """Predicted labels (N, H, W) for images (N, C, H, W), or (N, D, H, W) for volumes, in eval
+    mode. Images larger than ``window`` (the training patch's spatial size) along some axis are
+    predicted by a sliding window of that size (:mod:`noisyseg.window`), one image at a time.
+    A batch of 64 images, or of 4 volumes."""
     if len(images) == 0:
         return np.zeros((0, *images.shape[2:]), dtype=np.int64)
     was_training = model.training
     model.eval()
-    out = [
-        predict(model(images[i : i + batch_size].to(device))).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    model.train(was_training)
+    try:
+        if window is not None and any(s > w for s, w in zip(images.shape[2:], window, strict=True)):
+            return np.stack([sliding_probs(model, image.to(device), window).argmax(0).cpu().numpy()
+                             for image in images])
+        batch_size = batch_size if images.ndim == 4 else max(1, batch_size // 16)
+        out = [
+            predict(model(images[i : i + batch_size].to(device))).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.train(was_training)
     return torch.cat(out).numpy()
 
 
@@ -73,6 +84,7 @@ def train_step(
     apply_weights: bool = True,
     forward: nn.Module | None = None,
     world: World | None = None,
+    loss_fn: LossFn = per_pixel_loss,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
@@ -82,11 +94,14 @@ def train_step(
     computed and returned but the step takes the plain ``mean(L)``. ``forward`` runs the training
     forward (default ``model``; a DistributedDataParallel wrapper among several processes of
     ``world``, which then all stop or skip when the loss of any one is not finite).
+    ``loss_fn`` makes the per-pixel loss map (the run's ``loss`` component; cross-entropy by
+    default); parameters it learns (its ``parameters()``) get their gradients averaged over
+    ``world`` like the network's.
 
     Shape:
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    ctx = step_context(model, optimizer, batch, step, epoch, device, forward)
+    ctx = step_context(model, optimizer, batch, step, epoch, device, forward, loss_fn)
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
@@ -114,6 +129,8 @@ def train_step(
         what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
         raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
     loss.backward()
+    if world is not None and hasattr(loss_fn, "parameters"):
+        world.average_gradients(loss_fn.parameters())
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -128,15 +145,17 @@ def step_context(
     epoch: int,
     device: torch.device,
     forward: nn.Module | None = None,
+    loss_fn: LossFn = per_pixel_loss,
 ) -> StepContext:
     """Forward the batch's images (moved to ``device`` with its labels and meta batch) through
-    ``forward`` (default ``model``) and wrap the result; the context's model is always ``model``."""
+    ``forward`` (default ``model``) and wrap the result with ``loss_fn``'s loss map; the context's
+    model is always ``model``."""
     x, y = batch.images.to(device), batch.labels.to(device)
     logits = (forward or model)(x)
     meta_x, meta_y = (None, None) if batch.meta is None else (t.to(device) for t in batch.meta)
     return StepContext(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
-        loss_map=per_pixel_loss(logits, y), step=step, epoch=epoch,
+        loss_map=loss_fn(logits, y), step=step, epoch=epoch,
         meta_images=meta_x, meta_labels=meta_y, index=batch.index,
         clean_labels=None if batch.clean_labels is None else batch.clean_labels.to(device),
     )

@@ -22,6 +22,7 @@ from noisyseg.components import (
     Backbone,
     Dataset,
     LabelCorrector,
+    Loss,
     NoiseModel,
     Reweighter,
     RunContext,
@@ -61,6 +62,19 @@ def random_masks(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarr
             cy, cx = rng.uniform(size * 0.25, size * 0.75, size=2)
             r = rng.uniform(size * 0.1, size * 0.25)
             masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
+    return masks
+
+
+def random_volumes(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """A few ball-shaped integer masks (n, size, size, size) for contract checks on volumes."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:size, :size, :size]
+    masks = np.zeros((n, size, size, size), dtype=np.int64)
+    for i in range(n):
+        for c in range(1, num_classes):
+            cz, cy, cx = rng.uniform(size * 0.25, size * 0.75, size=3)
+            r = rng.uniform(size * 0.15, size * 0.3)
+            masks[i][(zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
     return masks
 
 
@@ -109,19 +123,21 @@ def monai_metrics(preds: np.ndarray, truths: np.ndarray, num_classes: int) -> di
 
 
 def check_backbone(cls: type[Backbone], options: dict[str, Any] | None = None) -> None:
-    """(N, C, H, W) -> finite (N, K, H, W) logits with finite gradients, binary and 3-class."""
+    """(N, C, H, W) -> finite (N, K, H, W) logits with finite gradients, binary and 3-class; the
+    same for (N, C, D, H, W) volumes when the class's ``spatial_dims`` has 3."""
     backbone = cls(cls.Options.model_validate(options or {}))
     torch.manual_seed(0)
-    for in_ch, classes in ((1, 2), (3, 3)):
-        net = backbone.build(in_ch, out_channels(classes))
-        x = torch.randn(2, in_ch, 64, 64)
+    shapes = [(64, 64)] + ([(16, 16, 16)] if 3 in cls.spatial_dims else [])
+    for spatial, (in_ch, classes) in ((s, c) for s in shapes for c in ((1, 2), (3, 3))):
+        net = backbone.build(in_ch, out_channels(classes), **({"dims": 3} if len(spatial) == 3 else {}))
+        x = torch.randn(2, in_ch, *spatial)
         logits = net(x)
-        assert logits.shape == (2, out_channels(classes), 64, 64), (
+        assert logits.shape == (2, out_channels(classes), *spatial), (
             f"{cls.name}: logits shape {tuple(logits.shape)}, expected "
-            f"{(2, out_channels(classes), 64, 64)}"
+            f"{(2, out_channels(classes), *spatial)}"
         )
         assert torch.isfinite(logits).all(), f"{cls.name}: non-finite logits"
-        y = torch.randint(0, classes, (2, 64, 64))
+        y = torch.randint(0, classes, (2, *spatial))
         per_pixel_loss(logits, y).mean().backward()
         grads = [p.grad for p in net.parameters() if p.requires_grad]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), (
@@ -130,10 +146,14 @@ def check_backbone(cls: type[Backbone], options: dict[str, Any] | None = None) -
 
 
 def check_noise_model(cls: type[NoiseModel], options: dict[str, Any] | None = None) -> None:
-    """Same shape and dtype, labels in range, deterministic for a seed, input left untouched."""
+    """Same shape and dtype, labels in range, deterministic for a seed, input left untouched; on
+    (D, H, W) volumes too when the class's ``spatial_dims`` has 3."""
     noise = cls(cls.Options.model_validate(options or {}))
     for num_classes in (2, 3):
-        for mask in random_masks(4, 48, num_classes, seed=num_classes):
+        masks = list(random_masks(4, 48, num_classes, seed=num_classes))
+        if 3 in cls.spatial_dims:
+            masks += list(random_volumes(2, 20, num_classes, seed=num_classes))
+        for mask in masks:
             before = mask.copy()
             a = noise.corrupt(mask.copy(), np.random.default_rng(7), num_classes)
             b = noise.corrupt(mask.copy(), np.random.default_rng(7), num_classes)
@@ -286,6 +306,49 @@ def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = Non
     assert torch.allclose(expected, got, atol=1e-6), (
         f"{cls.name}: a fresh instance loaded with state_dict() weighs differently: the state "
         "misses something the weights depend on")
+
+
+def check_loss(cls: type[Loss], options: dict[str, Any] | None = None) -> None:
+    """For a binary net (one logit) and a 3-class net: a finite map (N, H, W) of the logits'
+    dtype, the same twice; gradients reach the logits, finite; a confident right prediction costs
+    less than a confident wrong one, pixel by pixel on average; learned parameters and
+    ``metrics()`` survive a round trip into a fresh instance, which then gives the same map."""
+    for classes in (2, 3):
+        torch.manual_seed(0)
+        loss = cls(cls.Options.model_validate(options or {}))
+        loss.setup(cpu_run_context(classes))
+        labels = torch.from_numpy(random_masks(4, 16, classes, seed=classes))
+        logits = torch.randn(4, out_channels(classes), 16, 16, requires_grad=True)
+        got = loss(logits, labels)
+        assert got.shape == (4, 16, 16), (
+            f"{cls.name}: map of shape {tuple(got.shape)} for {classes} classes, expected (4, 16, 16)")
+        assert got.dtype == logits.dtype and torch.isfinite(got).all(), (
+            f"{cls.name}: the map must be finite and of the logits' dtype ({got.dtype})")
+        assert torch.equal(got, loss(logits, labels)), f"{cls.name}: not deterministic"
+        (grad,) = torch.autograd.grad(got.mean(), logits)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, (
+            f"{cls.name}: no finite gradient reaches the logits ({classes} classes)")
+        if classes == 2:
+            right, wrong = 8.0 * (2 * labels[:, None].float() - 1), -8.0 * (2 * labels[:, None].float() - 1)
+        else:
+            onehot = torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+            right, wrong = 8.0 * onehot, 8.0 * (1 - onehot)
+        assert loss(right, labels).mean() < loss(wrong, labels).mean(), (
+            f"{cls.name}: a confident right prediction does not cost less than a wrong one")
+        metrics = loss.metrics()
+        assert isinstance(metrics, dict) and all(
+            k.startswith("loss_") and isinstance(v, float) for k, v in metrics.items()), (
+            f"{cls.name}: metrics() must give floats under keys starting with 'loss_'")
+        params = loss.parameters()
+        if params:  # a learning loss: one optimiser step moves its parameters
+            optimizer = torch.optim.SGD(params, lr=0.1)
+            loss(logits.detach(), labels).mean().backward()
+            optimizer.step()
+        fresh = cls(cls.Options.model_validate(options or {}))
+        fresh.setup(cpu_run_context(classes))
+        fresh.load_state_dict(saved_and_loaded(loss.state_dict()))
+        assert torch.allclose(loss(logits, labels), fresh(logits, labels), atol=1e-6), (
+            f"{cls.name}: a fresh instance loaded with state_dict() gives another map")
 
 
 def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = None) -> None:

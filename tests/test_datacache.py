@@ -46,3 +46,14 @@ def test_a_damaged_entry_is_made_again_and_the_cache_can_be_turned_off(
     other = registry.build("dataset", "synthetic", {**OPTIONS, "n_test": 4})
     load_splits(other, 0)
     assert not (tmp_path / entry_name(other, 0)).exists()
+
+
+def test_a_cached_volume_dataset_keeps_its_spacing(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOISYSEG_CACHE", str(tmp_path))
+    dataset = registry.build("dataset", "synthetic", {**OPTIONS, "dims": 3, "size": 16,
+                                                      "max_radius": 4.0})
+    first, again = load_splits(dataset, seed=0), load_splits(dataset, seed=0)
+    assert first.spacing == again.spacing == (1.0, 1.0, 1.0)
+    assert again.train.images.shape == (6, 1, 16, 16, 16)
+    assert load_splits(registry.build("dataset", "synthetic", OPTIONS), 0).spacing is None

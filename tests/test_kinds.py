@@ -22,8 +22,8 @@ spec = importlib.util.spec_from_file_location("noisyseg.kinds", sys.argv[1])
 kinds = importlib.util.module_from_spec(spec)
 sys.modules["noisyseg.kinds"] = kinds
 spec.loader.exec_module(kinds)
-kinds.KINDS["loss"] = kinds.Kind("loss", "Reweighter", "register_losses", "loss", "losses",
-                                 "plain", "check_reweighter")
+kinds.KINDS["sampler"] = kinds.Kind("sampler", "Reweighter", "register_samplers", "sampler",
+                                    "samplers", "plain", "check_reweighter")
 
 import torch
 import noisyseg
@@ -33,27 +33,27 @@ from noisyseg.config import Config
 from noisyseg.testing import CHECKS, tiny_run_config
 
 class Plain(Reweighter):
-    """Weight 1 (stands in for a loss kind's first component)."""
+    """Weight 1 (stands in for a sampler kind's first component)."""
     name = "plain"
     def weigh(self, ctx):
         return torch.ones_like(ctx.loss_map)
 
 class Plugin:
     @hookimpl
-    def register_losses(self):
+    def register_samplers(self):
         return [Plain]
 
-assert Config().loss.name == "plain" and "losses" in KIND_TITLES.values() and "loss" in CHECKS
+assert Config().sampler.name == "plain" and "samplers" in KIND_TITLES.values() and "sampler" in CHECKS
 pm = build_plugin_manager(plugins=[Plugin()])
-assert Registry(pm).names("loss") == ["plain"]
+assert Registry(pm).names("sampler") == ["plain"]
 result = noisyseg.run(tiny_run_config(output={"dir": sys.argv[2]}), plugin_manager=pm, progress=False)
 saved = (Path(sys.argv[2]) / "config.yaml").read_text()
-print("config.yaml loss:", result.config.loss.name, saved.count("loss:"))
+print("config.yaml sampler:", result.config.sampler.name, saved.count("sampler:"))
 '''
 
 
 def test_every_place_derives_from_the_table() -> None:
-    assert list(KINDS) == ["dataset", "noise", "backbone", "reweighter", "corrector"]
+    assert list(KINDS) == ["dataset", "noise", "backbone", "loss", "reweighter", "corrector"]
     for key, kind in KINDS.items():
         assert getattr(Config(), key).name == kind.default
         assert callable(getattr(hookspecs, kind.hook))
@@ -67,4 +67,4 @@ def test_a_new_kind_is_one_row(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", NEW_KIND, str(table), str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "config.yaml loss: plain 1" in done.stdout
+    assert "config.yaml sampler: plain 1" in done.stdout

@@ -22,6 +22,11 @@ from noisyseg.testing import tiny_run_config
 METHODS = {
     "none": {},
     "mcpm": {"reweighter": {"name": "mcpm"}},
+    "tloss+mwnet": {"loss": {"name": "tloss"}, "reweighter": {"name": "mwnet"}},
+    "volumes+mcpm": {"dataset": {"name": "synthetic", "options": {
+                         "dims": 3, "size": 16, "n_train": 32, "n_meta": 4, "n_test": 3,
+                         "min_radius": 2.0, "max_radius": 4.0}},
+                     "reweighter": {"name": "mcpm"}},
     "plc+coteaching": {"reweighter": {"name": "coteaching", "options": {"num_gradual": 1}},
                        "corrector": {"name": "plc", "options": {"warmup_epochs": 1, "delta": 0.6,
                                                                 "delta_min": 0.6}}},

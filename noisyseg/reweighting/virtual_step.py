@@ -104,7 +104,8 @@ def meta_gradient(
 
     Shape:
         loss_map, weights - (N, H, W) (weights may also broadcast, e.g. (N, 1, 1));
-        meta_images - (M, C, H, W); meta_labels - (M, H, W)
+        meta_images - (M, C, H, W); meta_labels - (M, H, W). For volumes each gains a depth D
+        before H: (N, D, H, W), (N, 1, 1, 1), (M, C, D, H, W), (M, D, H, W)
 
     Returns:
         (meta loss (detached scalar), gradients matching ``wrt``)
@@ -157,10 +158,11 @@ def meta_pixel_gradient(
             jvp carries tangents through those modules alone. None: every parameter (exact).
 
     Shape:
-        images - (N, C, H, W); labels, loss_map, weights - (N, H, W)
+        images - (N, C, H, W); labels, loss_map, weights - (N, H, W); for volumes (N, C, D, H, W)
+        and (N, D, H, W)
 
     Returns:
-        (meta loss (detached scalar), dL^/dR of shape (N, H, W))
+        (meta loss (detached scalar), dL^/dR of the loss map's shape)
     """
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     if layers is not None:

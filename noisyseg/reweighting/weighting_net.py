@@ -95,7 +95,9 @@ class MetaNetReweighter(Reweighter):
 
     def build_net(self) -> nn.Module:
         """The weighting network: (N, 1, H, W) detached loss map -> (N, 1, H, W) or (N, 1, 1, 1)
-        logits (the sigmoid is applied here)."""
+        logits (the sigmoid is applied here). Called in :meth:`setup` with ``self.run`` set: for
+        volumes (``self.run.spatial_dims == 3``) it maps (N, 1, D, H, W) to (N, 1, D, H, W) or
+        (N, 1, 1, 1, 1)."""
         raise NotImplementedError
 
     def setup(self, run: RunContext) -> None:
@@ -109,7 +111,11 @@ class MetaNetReweighter(Reweighter):
         self.last_meta_loss = float("nan")
 
     def weights(self, loss_map: torch.Tensor) -> torch.Tensor:
-        """R = G(L): (N, H, W) detached loss map -> (N, H, W) weights (differentiable in Theta)."""
+        """R = G(L): the detached loss map -> weights (differentiable in Theta).
+
+        Shape:
+            loss_map - (N, H, W) or, for volumes, (N, D, H, W); returns the same shape
+        """
         r = torch.sigmoid(self.net(loss_map.detach().unsqueeze(1))).squeeze(1)
         r = r.expand_as(loss_map)
         if self.options.normalize:

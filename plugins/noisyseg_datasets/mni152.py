@@ -4,7 +4,9 @@ and white-matter probability maps, which the nilearn wheel ships (no download).
 Reference: Fonov et al., "Unbiased nonlinear average age-appropriate brain templates from birth to
 adulthood", NeuroImage 2009. Axial slices are cut into patches; slices are grouped into blocks of
 neighbouring slices and whole blocks go to train, meta or test (neighbouring slices are nearly
-identical, so a slice-level split would leak).
+identical, so a slice-level split would leak). With ``dims = 3`` the volume (1 mm voxels) is cut
+into slabs of axial slices instead, whole slabs go to a split, training and meta samples are
+cubes and test samples whole slabs.
 """
 
 from __future__ import annotations
@@ -43,17 +45,31 @@ def load_volumes() -> dict[str, np.ndarray]:
     return out
 
 
+#: the defaults that differ for volumes (dims = 3), where the option is not given
+VOLUME_DEFAULTS = {"patch": 24, "stride": 12}
+
+
 class MNIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    dims: Literal[2, 3] = Field(2, description="2: axial slices cut into square patches; 3: cubic "
+                                               "3-D patches of the volume (defaults patch 24, "
+                                               "stride 12)")
     labels: Literal["gm", "wm", "both"] = Field("wm", description="gm, wm, or both as 3 classes")
-    patch: int = Field(64, ge=16, le=192, description="patch side (px)")
+    patch: int = Field(64, ge=8, le=192, description="patch side (px; voxels for dims = 3)")
     stride: int = Field(48, ge=4, description="step between patches (px)")
-    slice_step: int = Field(2, ge=1, description="use every n-th axial slice")
-    block: int = Field(6, ge=1, description="neighbouring used slices per split block")
+    slice_step: int = Field(2, ge=1, description="use every n-th axial slice (dims = 2)")
+    block: int = Field(6, ge=1, description="neighbouring used slices per split block (dims = 2)")
     meta_fraction: float = Field(0.1, ge=0, lt=1, description="share of slice blocks in the clean meta split")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="share of slice blocks in the test split")
     min_foreground: float = Field(0.05, ge=0, le=1, description="drop patches with less foreground")
     split_seed: int = Field(0, description="seed of the block-wise split (not the run's seed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _volume_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("dims") == 3:
+            return {**VOLUME_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> MNIOptions:
@@ -74,7 +90,7 @@ def label_volume(gm: np.ndarray, wm: np.ndarray, labels: str) -> np.ndarray:
 
 
 class MNI152Dataset(Dataset):
-    """Real brain MRI patches (MNI152 T1, grey/white matter labels) shipped with nilearn."""
+    """Real brain MRI patches or 3-D cubes (MNI152 T1, grey/white matter) shipped with nilearn."""
 
     name = "mni152"
     Options = MNIOptions
@@ -84,6 +100,8 @@ class MNI152Dataset(Dataset):
         vols = load_volumes()
         labels = label_volume(vols["gm"], vols["wm"], o.labels)
         t1 = vols["t1"]
+        if o.dims == 3:
+            return self._volumes(t1, labels)
         z_used = [z for z in range(0, t1.shape[2], o.slice_step) if labels[..., z].any()]
         blocks = [z_used[i : i + o.block] for i in range(0, len(z_used), o.block)]
         order = np.random.default_rng(o.split_seed).permutation(len(blocks))
@@ -98,10 +116,57 @@ class MNI152Dataset(Dataset):
             name: self._patches([z for b in sorted(idx) for z in blocks[b]], t1, labels)
             for name, idx in groups.items()
         }
-        num_classes = 3 if o.labels == "both" else 2
-        names = {"gm": ["other", "grey matter"], "wm": ["other", "white matter"],
-                 "both": ["other", "grey matter", "white matter"]}[o.labels]
-        return Splits(**splits, num_classes=num_classes, class_names=names)
+        return Splits(**splits, **self._classes())
+
+    def _classes(self) -> dict[str, object]:
+        labels = self.options.labels
+        return {"num_classes": 3 if labels == "both" else 2,
+                "class_names": {"gm": ["other", "grey matter"], "wm": ["other", "white matter"],
+                                "both": ["other", "grey matter", "white matter"]}[labels]}
+
+    def _volumes(self, t1: np.ndarray, labels: np.ndarray) -> Splits:
+        """Slabs of ``patch`` axial slices go whole to train, meta or test (neighbouring patches
+        overlap, so a patch-level split would leak). Train and meta: cubes of ``patch`` voxels
+        at ``stride`` across each slab. Test: each slab whole, cropped to the brain's bounding box
+        and predicted by a sliding window of the training patch (so the test volumes are larger
+        than the training patches, as a CT volume is)."""
+        o = self.options
+        volume = np.moveaxis(t1, 2, 0)                   # (z, y, x): axial slices first
+        label = np.moveaxis(labels, 2, 0)
+        brain = np.argwhere(volume > 0.05)
+        (z0, y0, x0), (z1, y1, x1) = brain.min(0), brain.max(0) + 1
+        volume, label = volume[z0:z1, y0:y1, x0:x1], label[z0:z1, y0:y1, x0:x1]
+        slabs = [z for z in range(0, volume.shape[0] - o.patch + 1, o.patch)
+                 if label[z : z + o.patch].any()]
+        order = np.random.default_rng(o.split_seed).permutation(len(slabs))
+        n_test = max(1, round(o.test_fraction * len(slabs)))
+        n_meta = max(1, round(o.meta_fraction * len(slabs))) if o.meta_fraction else 0
+        if len(slabs) < n_test + n_meta + 1:
+            raise DataError(f"dataset 'mni152': patch {o.patch} leaves {len(slabs)} slabs of the "
+                            "volume, too few for a train, meta and test split: lower patch")
+        chosen = {"test": order[:n_test], "meta": order[n_test : n_test + n_meta],
+                  "train": order[n_test + n_meta :]}
+        splits = {name: self._cubes([slabs[i] for i in sorted(idx)], volume, label)
+                  for name, idx in chosen.items() if name != "test"}
+        test = [(volume[z : z + o.patch], label[z : z + o.patch])
+                for z in (slabs[i] for i in sorted(chosen["test"]))]
+        splits["test"] = Split(np.stack([v[None] for v, _ in test]).astype(np.float32),
+                               np.stack([m for _, m in test]).astype(np.int64))
+        return Splits(**splits, **self._classes(), spacing=(1.0, 1.0, 1.0))  # the template: 1 mm
+
+    def _cubes(self, slabs: list[int], volume: np.ndarray, label: np.ndarray) -> Split:
+        o, p = self.options, self.options.patch
+        images, masks = [], []
+        for z in slabs:
+            for y in range(0, volume.shape[1] - p + 1, o.stride):
+                for x in range(0, volume.shape[2] - p + 1, o.stride):
+                    m = label[z : z + p, y : y + p, x : x + p]
+                    if (m > 0).mean() >= o.min_foreground:
+                        images.append(volume[None, z : z + p, y : y + p, x : x + p])
+                        masks.append(m)
+        if not images:
+            return Split(np.zeros((0, 1, p, p, p), np.float32), np.zeros((0, p, p, p), np.int64))
+        return Split(np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64))
 
     def _patches(self, slices: list[int], t1: np.ndarray, labels: np.ndarray) -> Split:
         o = self.options

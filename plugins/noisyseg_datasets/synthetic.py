@@ -4,10 +4,13 @@ Each patch has a textured background (smoothed noise plus a slow gradient), one 
 irregular blobs (star-shaped outlines r(t) = r0 (1 + sum_k a_k cos(k t + phi_k))), a blur that
 softens the lesion edges, and additive Gaussian noise. The masks are the blobs before blurring.
 Small lesions are the default on purpose: a 0-6 px dilation then changes them a lot, as it does
-to the LIDC-IDRI nodules of the MCPM paper.
+to the LIDC-IDRI nodules of the MCPM paper. ``dims = 3`` makes volumes the same way, with
+star-shaped 3-D lesions.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,9 +18,14 @@ from scipy import ndimage
 
 from noisyseg import Dataset, Split, Splits
 
+#: the defaults that differ for volumes (dims = 3), where the option is not given
+VOLUME_DEFAULTS = {"size": 32, "min_radius": 3.0, "max_radius": 7.0}
+
 
 class SyntheticOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    dims: Literal[2, 3] = Field(2, description="2: square patches; 3: cubic volumes with 3-D "
+                                               "lesions (defaults size 32, radii 3-7)")
     size: int = Field(64, ge=16, le=1024, description="patch side (px)")
     n_train: int = Field(1000, ge=1, description="training patches")
     n_meta: int = Field(100, ge=0, description="clean meta patches")
@@ -29,6 +37,13 @@ class SyntheticOptions(BaseModel):
     blur: tuple[float, float] = Field((0.6, 1.4), description="edge blur sigma range (px)")
     noise_std: float = Field(0.06, ge=0, description="standard deviation of the image noise")
     data_seed: int = Field(0, description="seed of the images themselves (the run seed does not change them)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _volume_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("dims") == 3:
+            return {**VOLUME_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticOptions:
@@ -71,16 +86,54 @@ def make_patch(rng: np.random.Generator, o: SyntheticOptions) -> tuple[np.ndarra
     return image[None].astype(np.float32), mask.astype(np.int64)
 
 
+def blob3d(size: int, rng: np.random.Generator, min_r: float, max_r: float) -> np.ndarray:
+    """One irregular star-shaped 3-D lesion (size, size, size): a sphere whose radius varies with
+    the direction, r(theta, phi) = r0 (1 + sum_k a_k cos(k theta + phi_k) + b_k cos(k phi + psi_k))."""
+    r0 = rng.uniform(min_r, max_r)
+    margin = r0 * 1.6 + 1
+    centre = rng.uniform(margin, size - margin, size=3)
+    zz, yy, xx = (g - c for g, c in zip(np.mgrid[:size, :size, :size].astype(np.float64), centre,
+                                        strict=True))
+    distance = np.sqrt(zz * zz + yy * yy + xx * xx)
+    theta = np.arctan2(yy, xx)
+    phi = np.arccos(np.clip(zz / np.maximum(distance, 1e-9), -1, 1))
+    radius = np.full_like(theta, r0)
+    for k in (2, 3, 4):
+        radius += r0 * rng.uniform(0, 0.2 / (k - 1) ** 0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        radius += r0 * rng.uniform(0, 0.2 / (k - 1) ** 0.5) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+    return distance <= radius
+
+
+def make_volume(rng: np.random.Generator, o: SyntheticOptions) -> tuple[np.ndarray, np.ndarray]:
+    """One (image (1, S, S, S) float32, mask (S, S, S) int64) pair: the 2-D recipe in 3-D."""
+    s, shape = o.size, (o.size,) * 3
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), rng.uniform(1.5, 3.5))
+    texture /= texture.std() + 1e-8
+    zz, yy, xx = np.mgrid[:s, :s, :s] / s
+    gradient = sum(rng.uniform(-0.1, 0.1) * g for g in (zz, yy, xx))
+    image = 0.4 + 0.05 * texture + gradient
+    mask = np.zeros(shape, dtype=bool)
+    for _ in range(int(rng.integers(1, o.max_blobs + 1))):
+        b = blob3d(s, rng, o.min_radius, o.max_radius)
+        mask |= b
+        lesion_texture = 1 + 0.15 * ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.0)
+        image = image + rng.uniform(*o.contrast) * b * lesion_texture
+    image = ndimage.gaussian_filter(image, rng.uniform(*o.blur))
+    image = image + rng.normal(0, o.noise_std, shape)
+    return image[None].astype(np.float32), mask.astype(np.int64)
+
+
 def make_split(n: int, rng: np.random.Generator, o: SyntheticOptions) -> Split:
-    pairs = [make_patch(rng, o) for _ in range(n)]
+    pairs = [(make_volume if o.dims == 3 else make_patch)(rng, o) for _ in range(n)]
     if not pairs:
-        return Split(np.zeros((0, 1, o.size, o.size), np.float32), np.zeros((0, o.size, o.size), np.int64))
+        shape = (o.size,) * o.dims
+        return Split(np.zeros((0, 1, *shape), np.float32), np.zeros((0, *shape), np.int64))
     images, masks = zip(*pairs, strict=True)
     return Split(np.stack(images), np.stack(masks))
 
 
 class SyntheticDataset(Dataset):
-    """CT-like 64x64 lesion patches (1-3 irregular blobs, texture, blur, noise), offline."""
+    """CT-like 64x64 lesion patches or 32^3 volumes (1-3 irregular lesions, texture, blur, noise)."""
 
     name = "synthetic"
     Options = SyntheticOptions
@@ -97,4 +150,5 @@ class SyntheticDataset(Dataset):
             test=make_split(o.n_test, test, o),
             num_classes=2,
             class_names=["background", "lesion"],
+            spacing=(1.0, 1.0, 1.0) if o.dims == 3 else None,  # voxels of 1 mm, as in a CT
         )

@@ -52,16 +52,22 @@ class L2RWReweighter(Reweighter):
         self.run = run
 
     def eps_gradient(self, ctx: StepContext) -> torch.Tensor:
-        """d meta loss / d eps at eps = 0: (N, H, W) per pixel, (N, 1, 1) per image."""
+        """d meta loss / d eps at eps = 0.
+
+        Shape:
+            returns (N, H, W) per pixel, (N, 1, 1) per image; for volumes (N, D, H, W) and
+            (N, 1, 1, 1)
+        """
         assert ctx.meta_images is not None and ctx.meta_labels is not None
         o = self.options
         loss = ctx.loss_map
+        spatial = tuple(range(1, loss.ndim))
         if o.method == "jvp" or (o.method == "auto" and o.virtual == "sgd"):
             _, g = meta_pixel_gradient(
                 ctx.model, ctx.images, ctx.labels, loss, torch.zeros_like(loss),
                 ctx.meta_images, ctx.meta_labels, self.run.loss_fn, o.alpha, layers=o.meta_layers)
-            return g.sum(dim=(1, 2), keepdim=True) if o.per == "image" else g
-        shape = (loss.shape[0], 1, 1) if o.per == "image" else loss.shape
+            return g.sum(dim=spatial, keepdim=True) if o.per == "image" else g
+        shape = (loss.shape[0], *(1 for _ in spatial)) if o.per == "image" else loss.shape
         eps = torch.zeros(shape, device=loss.device, dtype=loss.dtype, requires_grad=True)
         _, (g,) = meta_gradient(ctx.model, loss, eps.expand_as(loss), ctx.meta_images,
                                 ctx.meta_labels, [eps], self.run.loss_fn, o.alpha, o.virtual,

@@ -25,21 +25,28 @@ from torch import nn
 from noisyseg import Reweighter, hookimpl
 from noisyseg.reweighting.weighting_net import MetaNetOptions, MetaNetReweighter
 
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
 
 class MaskNet(nn.Module):
     """Meta mask network (Sec. 3.2): parallel 3x3 and 5x5 conv branches on the loss map, their
-    outputs concatenated with the input and fused by a 1x1 conv into one logit per pixel.
+    outputs concatenated with the input and fused by a 1x1 conv into one logit per pixel. With
+    ``dims = 3`` (volumes) the same with 3x3x3, 5x5x5 and 1x1x1 convolutions.
 
     Shape:
-        input - (N, 1, H, W) loss map; output - (N, 1, H, W) logits (sigmoid gives R)
+        input - (N, 1, H, W) loss map, or (N, 1, D, H, W) with ``dims = 3``; output - the same
+        shape, logits (sigmoid gives R)
     """
 
     def __init__(self, width3: int = 16, width5: int = 16, activation: str = "relu",
-                 init_bias: float = 0.0) -> None:
+                 init_bias: float = 0.0, dims: int = 2) -> None:
         super().__init__()
-        self.branch3 = nn.Conv2d(1, width3, 3, padding=1)
-        self.branch5 = nn.Conv2d(1, width5, 5, padding=2)
-        self.fuse = nn.Conv2d(width3 + width5 + 1, 1, 1)
+        if dims not in _CONV:
+            raise ValueError(f"MaskNet: dims must be 2 (images) or 3 (volumes), got {dims!r}")
+        conv = _CONV[dims]
+        self.branch3 = conv(1, width3, 3, padding=1)
+        self.branch5 = conv(1, width5, 5, padding=2)
+        self.fuse = conv(width3 + width5 + 1, 1, 1)
         nn.init.constant_(self.fuse.bias, init_bias)
         self.activation = activation
 
@@ -77,7 +84,7 @@ class MCPMReweighter(MetaNetReweighter):
 
     def build_net(self) -> nn.Module:
         o = self.options
-        return MaskNet(o.width3, o.width5, o.activation, o.init_bias)
+        return MaskNet(o.width3, o.width5, o.activation, o.init_bias, self.run.spatial_dims)
 
 
 @hookimpl

@@ -18,23 +18,31 @@ from torch import nn
 from noisyseg import Reweighter, hookimpl
 from noisyseg.reweighting.weighting_net import MetaNetOptions, MetaNetReweighter
 
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
 
 class WeightMLP(nn.Module):
-    """MLP 1 -> hidden -> 1 applied to every value independently (as 1x1 convolutions).
+    """MLP 1 -> hidden -> 1 applied to every value independently (as 1x1 convolutions, 1x1x1
+    with ``dims = 3``); per image, to each image's mean loss.
 
     Shape:
-        input - (N, 1, H, W) losses (H = W = 1 per image); output - same shape, logits
+        input - (N, 1, H, W) loss map, or (N, 1, D, H, W) with ``dims = 3``; output - the same
+        shape per pixel, (N, 1, 1, 1) (or (N, 1, 1, 1, 1)) per image, logits
     """
 
-    def __init__(self, hidden: int = 100, init_bias: float = 0.0, per: str = "pixel") -> None:
+    def __init__(self, hidden: int = 100, init_bias: float = 0.0, per: str = "pixel",
+                 dims: int = 2) -> None:
         super().__init__()
+        if dims not in _CONV:
+            raise ValueError(f"WeightMLP: dims must be 2 (images) or 3 (volumes), got {dims!r}")
         self.per = per
-        self.net = nn.Sequential(nn.Conv2d(1, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+        conv = _CONV[dims]
+        self.net = nn.Sequential(conv(1, hidden, 1), nn.ReLU(), conv(hidden, 1, 1))
         nn.init.constant_(self.net[2].bias, init_bias)
 
     def forward(self, loss: torch.Tensor) -> torch.Tensor:
         if self.per == "image":
-            loss = loss.mean(dim=(2, 3), keepdim=True)
+            loss = loss.mean(dim=tuple(range(2, loss.ndim)), keepdim=True)
         return self.net(loss)
 
 
@@ -54,7 +62,8 @@ class MWNetReweighter(MetaNetReweighter):
     options: MWNetOptions
 
     def build_net(self) -> nn.Module:
-        return WeightMLP(self.options.hidden, self.options.init_bias, self.options.per)
+        o = self.options
+        return WeightMLP(o.hidden, o.init_bias, o.per, self.run.spatial_dims)
 
 
 @hookimpl

@@ -1,0 +1,53 @@
+"""Sliding-window prediction: images (or volumes) larger than the training patches are predicted
+one patch-sized window at a time, windows overlapping by half, and the class probabilities of
+overlapping windows averaged. The network then never sees more than one patch at once, so a whole
+CT volume is predicted in the memory a training patch needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from noisyseg.losses import class_probs
+
+
+def starts(size: int, window: int, overlap: float = 0.5) -> list[int]:
+    """Window offsets along one axis: a step of ``window * (1 - overlap)``, the last window flush
+    with the end; one window at 0 when the axis is not longer than the window."""
+    if size <= window:
+        return [0]
+    step = max(1, int(window * (1 - overlap)))
+    offsets = list(range(0, size - window + 1, step))
+    return offsets if offsets[-1] == size - window else [*offsets, size - window]
+
+
+@torch.no_grad()
+def sliding_probs(model: nn.Module, image: torch.Tensor, window: tuple[int, ...],
+                  batch_size: int = 8, overlap: float = 0.5) -> torch.Tensor:
+    """Class probabilities of one image, averaged over the overlapping windows (the model in the
+    mode it is in; ``image`` on the model's device).
+
+    Shape:
+        image - (C, *spatial) with len(window) spatial axes; returns (num_classes, *spatial) on the
+        image's device (2 classes for a one-logit net)
+    """
+    spatial = image.shape[1:]
+    corners = list(itertools.product(*(starts(s, min(w, s), overlap)
+                                       for s, w in zip(spatial, window, strict=True))))
+    sizes = [min(w, s) for s, w in zip(spatial, window, strict=True)]
+    total: torch.Tensor | None = None
+    count = torch.zeros(spatial, device=image.device)
+    for i in range(0, len(corners), batch_size):
+        group = corners[i : i + batch_size]
+        cuts = [tuple(slice(c, c + n) for c, n in zip(corner, sizes, strict=True)) for corner in group]
+        probs = class_probs(model(torch.stack([image[(slice(None), *cut)] for cut in cuts])))
+        if total is None:
+            total = torch.zeros((probs.shape[1], *spatial), device=image.device, dtype=probs.dtype)
+        for p, cut in zip(probs, cuts, strict=True):
+            total[(slice(None), *cut)] += p
+            count[cut] += 1
+    assert total is not None
+    return total / count

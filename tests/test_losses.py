@@ -1,0 +1,140 @@
+"""The loss kind: each loss's map has the published loss as its mean and its gradient, and any
+loss runs with any reweighter."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from noisyseg_gce import GCEReweighter
+from noisyseg_losses import GCELoss, MAELoss, NRDiceLoss
+from noisyseg_losses.tloss import TLoss
+
+from noisyseg import Loss, Registry, StepContext, build_plugin_manager, hookimpl, run
+from noisyseg.losses import class_probs, per_pixel_loss
+from noisyseg.testing import check_loss, cpu_run_context, random_masks, tiny_run_config
+
+
+def _data(classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    logits = torch.randn(3, 1 if classes == 2 else classes, 12, 12, dtype=torch.float64,
+                         requires_grad=True)
+    return logits, torch.from_numpy(random_masks(3, 12, classes, seed=seed))
+
+
+def _built(cls: type, classes: int = 2, **options: object) -> object:
+    loss = cls(cls.Options.model_validate(options))
+    loss.setup(cpu_run_context(classes))
+    return loss
+
+
+def _published_tloss(probs: torch.Tensor, onehot: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
+    """The paper's T per image, written out from the formula (identity scale), over the foreground
+    channel for two classes."""
+    delta = (probs - onehot)[:, 1:] if probs.shape[1] == 2 else probs - onehot
+    d = delta[0].numel()
+    total = delta.square().flatten(1).sum(1)
+    return (-torch.lgamma((nu + d) / 2) + torch.lgamma(nu / 2) + d / 2 * torch.log(math.pi * nu)
+            + (nu + d) / 2 * torch.log(1 + total / nu)), d
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_tloss_map_has_the_published_value_and_gradient(classes: int) -> None:
+    loss = _built(TLoss, classes)
+    loss.log_nu.data = loss.log_nu.data.double()
+    logits, labels = _data(classes)
+    got = loss(logits, labels).mean()
+    got_grads = torch.autograd.grad(got, [logits, loss.log_nu])
+
+    probs = class_probs(logits)
+    onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
+    nu = loss.log_nu.exp() + loss.options.eps
+    image_loss, d = _published_tloss(probs, onehot, nu)
+    want = (image_loss / d).mean()
+    want_grads = torch.autograd.grad(want, [logits, loss.log_nu])
+    assert torch.allclose(got, want, rtol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-14)
+
+
+def test_tloss_pixels_rank_by_residual_and_nu_is_logged_and_fixed_on_request() -> None:
+    loss = _built(TLoss)
+    logits, labels = _data(2)
+    pixel = loss(logits, labels)[0].flatten()
+    residual = (torch.sigmoid(logits[0, 0]) - labels[0]).square().flatten()
+    order = residual.argsort()
+    assert (pixel[order].diff() >= -1e-12).all()
+    assert loss.metrics() == {"loss_nu": pytest.approx(math.e)}
+    assert _built(TLoss, learn_nu=False).parameters() == []
+
+
+def test_nrdice_map_mean_is_the_published_loss() -> None:
+    loss = _built(NRDiceLoss, 3, gamma=1.5)
+    logits, labels = _data(3)
+    probs = class_probs(logits)
+    onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
+    numerator = (probs - onehot).abs().pow(1.5).sum((2, 3))
+    denominator = probs.square().sum((2, 3)) + onehot.square().sum((2, 3)) + 1e-5
+    want = (numerator / denominator).mean()   # over images and classes
+    assert torch.allclose(loss(logits, labels).mean(), want, rtol=1e-12)
+
+
+def test_gce_loss_has_the_gce_reweighters_gradient_and_mae_is_q1() -> None:
+    logits, labels = _data(2)
+    (as_loss,) = torch.autograd.grad(_built(GCELoss, q=0.7)(logits, labels).mean(), logits)
+    weights = GCEReweighter(GCEReweighter.Options(q=0.7)).weigh(StepContext(
+        model=None, optimizer=None, images=None, labels=labels, logits=logits,
+        loss_map=per_pixel_loss(logits, labels), step=0, epoch=0))
+    (as_weights,) = torch.autograd.grad((weights * per_pixel_loss(logits, labels)).mean(), logits)
+    assert torch.allclose(as_loss, as_weights, rtol=1e-9)
+    mae, gce1 = _built(MAELoss)(logits, labels), _built(GCELoss, q=1.0)(logits, labels)
+    assert torch.allclose(mae, 2 * gce1)
+
+
+@pytest.mark.parametrize("method", [{"reweighter": {"name": "l2rw"}},
+                                    {"reweighter": {"name": "coteaching"}},
+                                    {"corrector": {"name": "plc", "options": {"warmup_epochs": 1}}}])
+def test_tloss_trains_with_any_method_and_learns_nu(tmp_path: Path, method: dict) -> None:
+    result = run(tiny_run_config(loss={"name": "tloss"}, train={"epochs": 2}, noise={"rate": 0.5},
+                                 output={"dir": str(tmp_path / "run")}, **method), progress=False)
+    nus = [h["loss_nu"] for h in result.history]
+    assert all(math.isfinite(v) for v in nus) and nus[-1] != pytest.approx(math.e, abs=1e-9)
+    assert math.isfinite(result.metrics["dice"]) and result.loss.nu == pytest.approx(nus[-1])
+
+
+class SquaredError(Loss):
+    """(1 - p)^2 of the label's probability p (a throwaway third-party loss)."""
+
+    name = "squared"
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (1 - class_probs(logits).gather(1, labels.unsqueeze(1)).squeeze(1)) ** 2
+
+
+class SquaredPlugin:
+    @hookimpl
+    def register_losses(self) -> list[type[Loss]]:
+        return [SquaredError]
+
+
+def test_a_plugin_loss_passes_the_check_and_drives_a_meta_reweighter(tmp_path: Path) -> None:
+    check_loss(SquaredError)
+    pm = build_plugin_manager(plugins=[SquaredPlugin()])
+    try:
+        assert "squared" in Registry(pm).names("loss")
+        result = run(tiny_run_config(loss={"name": "squared"}, reweighter={"name": "mcpm"},
+                                     output={"dir": str(tmp_path / "r")}),
+                     plugin_manager=pm, progress=False)
+        assert result.config.loss.name == "squared" and math.isfinite(result.metrics["dice"])
+    finally:
+        for plugin in list(pm.get_plugins()):
+            pm.unregister(plugin)
+
+
+def test_the_default_loss_is_cross_entropy(tmp_path: Path) -> None:
+    plain = run(tiny_run_config(output={"dir": str(tmp_path / "a")}), progress=False)
+    named = run(tiny_run_config(loss={"name": "ce"}, output={"dir": str(tmp_path / "b")}),
+                progress=False)
+    assert plain.config.loss.name == "ce" and plain.metrics["dice"] == named.metrics["dice"]

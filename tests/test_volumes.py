@@ -1,0 +1,106 @@
+"""3-D volumes end to end: datasets, checks, the sliding window and runs with every method."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from noisyseg_datasets.mni152 import MNI152Dataset
+from noisyseg_datasets.synthetic import SyntheticDataset
+
+from noisyseg import ConfigError, DataError, Split, Splits, run
+from noisyseg.data import check_splits
+from noisyseg.testing import tiny_run_config
+from noisyseg.window import sliding_probs, starts
+
+VOLUMES = {"name": "synthetic", "options": {"dims": 3, "size": 16, "n_train": 8, "n_meta": 4,
+                                            "n_test": 3, "min_radius": 2.0, "max_radius": 4.0}}
+
+
+def _volume_run(tmp_path: Path, **overrides: object) -> object:
+    config = tiny_run_config(dataset=VOLUMES, train={"epochs": 2, "batch_size": 4},
+                             noise={"rate": 0.5, "options": {"max_radius": 2}},
+                             output={"dir": str(tmp_path / "run"), "figure_images": 2}, **overrides)
+    return run(config, progress=False)
+
+
+def test_window_offsets_cover_every_axis_flush_to_the_end() -> None:
+    assert starts(10, 10) == [0] and starts(8, 10) == [0]
+    assert starts(20, 8) == [0, 4, 8, 12]
+    assert starts(21, 8) == [0, 4, 8, 12, 13]
+
+
+def test_sliding_window_of_a_pointwise_net_equals_the_whole_image() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 1)
+    volume = torch.randn(1, 13, 21, 18)
+    whole = torch.softmax(net(volume[None]), 1)[0]
+    windowed = sliding_probs(net, volume, (8, 8, 8), batch_size=5)
+    assert windowed.shape == whole.shape and torch.allclose(windowed, whole, atol=1e-6)
+
+
+def test_volume_datasets_give_volumes_with_their_spacing() -> None:
+    synthetic = SyntheticDataset(SyntheticDataset.Options.model_validate(VOLUMES["options"])).load(0)
+    assert synthetic.spatial_dims == 3 and synthetic.spacing == (1.0, 1.0, 1.0)
+    assert synthetic.train.images.shape == (8, 1, 16, 16, 16)
+    assert synthetic.train.masks.any() and synthetic.train.masks.dtype == np.int64
+    assert SyntheticDataset.Options.model_validate({"dims": 3}).size == 32  # the volume defaults
+
+    mni = MNI152Dataset(MNI152Dataset.Options.model_validate({"dims": 3})).load(0)
+    check_splits(mni, "mni152")
+    assert mni.train.images.shape[1:] == (1, 24, 24, 24) and mni.spacing == (1.0, 1.0, 1.0)
+    test_shape = mni.test.images.shape[2:]
+    assert test_shape[0] == 24 and test_shape[1] > 24 and test_shape[2] > 24  # whole slabs
+    assert MNI152Dataset.Options.model_validate({"dims": 3, "patch": 32}).stride == 12
+
+
+def _splits(train: tuple[int, ...], test: tuple[int, ...], spacing: object = None) -> Splits:
+    def split(shape: tuple[int, ...]) -> Split:
+        masks = np.zeros((2, *shape), np.int64)
+        masks[(slice(None), *(slice(1, 3),) * len(shape))] = 1
+        return Split(np.random.default_rng(0).random((2, 1, *shape)).astype(np.float32), masks)
+
+    return Splits(train=split(train), meta=split(train), test=split(test), num_classes=2,
+                  spacing=spacing)
+
+
+def test_check_splits_takes_volumes_and_larger_test_volumes_only() -> None:
+    check_splits(_splits((8, 8, 8), (8, 12, 10), (1.0, 0.5, 0.5)), "v")
+    with pytest.raises(DataError, match="test split: every image must be"):
+        check_splits(_splits((8, 8, 8), (8, 6, 10)), "v")
+    with pytest.raises(DataError, match="test split: every image must be"):
+        check_splits(_splits((8, 8, 8), (8, 8)), "v")
+    with pytest.raises(DataError, match=r"spacing \(1.0, 1.0\) must hold 3 positive"):
+        check_splits(_splits((8, 8, 8), (8, 8, 8), (1.0, 1.0)), "v")
+
+
+def test_volumes_refuse_a_2d_backbone_and_augmentation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backbone 'smp' handles only 2-D"):
+        _volume_run(tmp_path, backbone={"name": "smp", "options": {"encoder_name": "resnet18"}})
+    with pytest.raises(ConfigError, match=r"augment.hflip = 0"):
+        _volume_run(tmp_path, augment={"hflip": 0.5})
+
+
+METHODS = {
+    "none": {},
+    "mcpm": {"reweighter": {"name": "mcpm"}},
+    "mwnet": {"reweighter": {"name": "mwnet"}},
+    "l2rw+relabel": {"reweighter": {"name": "l2rw"}, "corrector": {"name": "relabel"}},
+    "coteaching+plc": {"reweighter": {"name": "coteaching", "options": {"num_gradual": 1}},
+                       "corrector": {"name": "plc", "options": {"warmup_epochs": 1}}},
+    "gce+adele": {"reweighter": {"name": "gce"},
+                  "corrector": {"name": "adele", "options": {"correct_every": 1}}},
+    "oracle+tloss": {"reweighter": {"name": "oracle"}, "loss": {"name": "tloss"}},
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_on_volumes(tmp_path: Path, method: str) -> None:
+    result = _volume_run(tmp_path, **METHODS[method])
+    m = result.metrics
+    assert math.isfinite(m["dice"]) and math.isfinite(m["hd95"]) and m["distance_mm"] == 1.0
+    assert len(result.history) == 2 and (tmp_path / "run" / "examples.png").stat().st_size > 0
+    assert any(isinstance(mod, torch.nn.Conv3d) for mod in result.model.modules())
