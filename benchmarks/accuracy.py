@@ -43,7 +43,10 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
 - ``tloss``, ``nrdice``: plain training with a noise-robust loss instead of cross-entropy (the
   ``loss`` kind: the T-Loss of Gonzalez-Jimenez et al. 2023 with its learned nu, the noise-robust
   Dice of Wang et al. 2020, gamma 1.5), default options; ``relabel_tloss``: relabel trained with
-  the T-Loss (a loss composed with a reweighter and a corrector). Run only when named.
+  the T-Loss (a loss composed with a reweighter and a corrector). Run only when named;
+- ``clslsr``: confident learning + spatial label smoothing (Zhang et al. 2020, PyMIC's CLSLSR):
+  cleanlab flags label errors after half the epochs, flagged pixels then train on 0.75 / 0.25
+  labels. Default options. Run only when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -75,10 +78,10 @@ BASELINES = ("none", "none_nometa", "none_select", "finetune", "none_aug")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
            "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect", "none_aug",
            "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30", "tloss", "nrdice",
-           "relabel_tloss")
+           "relabel_tloss", "clslsr")
 #: run only when named in --methods (added after the first results, each to answer one question)
 ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head", "mcpm_adaptive",
-                   "mcpm_adaptive30", "tloss", "nrdice", "relabel_tloss")
+                   "mcpm_adaptive30", "tloss", "nrdice", "relabel_tloss", "clslsr")
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -154,6 +157,8 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"reweighter": {"name": "gce"}}
     if method in ("tloss", "nrdice"):
         return {"loss": {"name": method}}
+    if method == "clslsr":
+        return {"corrector": {"name": "clslsr"}}
     if method == "relabel_tloss":
         return {"loss": {"name": "tloss"}, "reweighter": {"name": "l2rw"},
                 "corrector": {"name": "relabel"}}

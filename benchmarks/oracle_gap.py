@@ -39,7 +39,8 @@ def precision_recall(run_dir: Path) -> tuple[float, float, float]:
     model = registry.build("backbone", cfg.backbone.name, cfg.backbone.options).build(
         splits.in_channels, 1)
     model.load_state_dict(load_weights(run_dir))
-    pred = predict_all(model, torch.from_numpy(splits.test.images), torch.device("cpu")) > 0
+    pred = predict_all(model, torch.from_numpy(splits.test.images), torch.device("cpu"),
+                       window=tuple(splits.train.images.shape[2:])) > 0  # as the run scores
     truth = splits.test.masks > 0
     tp = float((pred & truth).sum())
     noise = registry.build("noise", cfg.noise.name, cfg.noise.options)

@@ -108,8 +108,10 @@ def binary_headline_is_foreground(clean: Path, tmp: Path) -> bool:
     config = {**SMALL, "dataset": dataset, "train": {**SMALL["train"], "epochs": 12},
               "output": {"dir": str(tmp / "run-clean"), "figure_images": 0}}
     result = noisyseg.run(config, progress=False)
-    test = Registry(build_plugin_manager()).build("dataset", "folder", dataset["options"]).load(0).test
-    preds = predict_all(result.model, torch.from_numpy(test.images), torch.device("cpu"))
+    splits = Registry(build_plugin_manager()).build("dataset", "folder", dataset["options"]).load(0)
+    test = splits.test
+    preds = predict_all(result.model, torch.from_numpy(test.images), torch.device("cpu"),
+                        window=tuple(splits.train.images.shape[2:]))  # as the run scores
     ours = foreground_dice(preds, test.masks)
     empty = [i for i, t in enumerate(test.masks) if not t.any()]
     left_out = [i for i in empty if not preds[i].any()]

@@ -119,7 +119,7 @@ def _write(splits: Splits, entry: Path) -> None:
                     np.asarray(split.masks, dtype=np.uint8 if small else np.int64))
         (work / "done.json").write_text(json.dumps(
             {"num_classes": splits.num_classes, "class_names": splits.class_names,
-             "spacing": None if splits.spacing is None else list(splits.spacing)}))
+             "spacing": None if splits.spacing is None else [float(v) for v in splits.spacing]}))
 
 
 def _read(entry: Path) -> Splits:

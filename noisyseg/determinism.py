@@ -6,8 +6,9 @@ an uninterrupted one would):
 
 - ``torch.use_deterministic_algorithms(True, warn_only=True)``: ops with a deterministic CUDA
   kernel use it; an op without one runs anyway and torch warns once, naming it (the run is then
-  not bit-repeatable). The built-in U-Net's bilinear upsampling, whose CUDA backward has no
-  deterministic kernel, switches to an exact matrix-product form (``noisyseg_backbones.unet``);
+  not bit-repeatable). The built-in U-Net's bilinear (and, for volumes, trilinear) upsampling and
+  its 3-D max pooling, whose CUDA backwards have no deterministic kernel, switch to exact forms
+  (matrix products; the maximum over each window) (``noisyseg_backbones.unet``);
 - cuBLAS gets a fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set already; it must
   be set before this process's first matrix product on CUDA, which a run does itself);
 - cuDNN picks deterministic algorithms and does not benchmark.

@@ -39,11 +39,13 @@ from noisyseg.distributed import World
 from noisyseg.errors import CheckpointError, NumericalError
 from noisyseg.losses import class_probs
 from noisyseg.metrics import detection_auroc, image_table, summarise
-from noisyseg.scratch import as_tensor, chunks
+from noisyseg.scratch import CHUNK, as_tensor, chunks
 from noisyseg.step import Batch, predict_all, step_context, train_step
 
 #: at most this many training pixels per epoch are kept to score the weights (AUROC)
 _WEIGHT_SAMPLE = 1_000_000
+#: the test split is scored this many pixels (voxels) at a time, at most CHUNK images
+_CHUNK_PIXELS = 256 * 64 * 64
 #: the progress bar shows the loss every this many steps (reading it waits for the device)
 _SHOW_LOSS_EVERY = 20
 
@@ -295,10 +297,11 @@ class Loop:
         data = getattr(self.splits, split)
         k = self.splits.num_classes
         window = tuple(self.train_set.images.shape[2:])  # larger test images: sliding window
+        per_chunk = max(1, _CHUNK_PIXELS // int(np.prod(data.images.shape[2:])))  # volumes: fewer
         table = [image_table(predict_all(self.model, as_tensor(np.ascontiguousarray(data.images[p])),
                                          self.device, window=window),
                              np.asarray(data.masks[p]), k, distances, spacing=self.splits.spacing)
-                 for p in chunks(len(data))]
+                 for p in chunks(len(data), min(per_chunk, CHUNK))]
         return summarise(np.concatenate(table), k, distances)  # (no split scored is empty)
 
     def _select(self, epoch: int) -> float:

@@ -129,10 +129,11 @@ def train_step(
         what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
         raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
     loss.backward()
-    if world is not None and hasattr(loss_fn, "parameters"):
-        world.average_gradients(loss_fn.parameters())
+    learned = list(loss_fn.parameters()) if hasattr(loss_fn, "parameters") else []
+    if world is not None:
+        world.average_gradients(learned)
     if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_([*model.parameters(), *learned], grad_clip)
     optimizer.step()
     return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
 

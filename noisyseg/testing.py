@@ -312,7 +312,8 @@ def check_loss(cls: type[Loss], options: dict[str, Any] | None = None) -> None:
     """For a binary net (one logit) and a 3-class net: a finite map (N, H, W) of the logits'
     dtype, the same twice; gradients reach the logits, finite; a confident right prediction costs
     less than a confident wrong one, pixel by pixel on average; learned parameters and
-    ``metrics()`` survive a round trip into a fresh instance, which then gives the same map."""
+    ``metrics()`` survive a round trip into a fresh instance, which then gives the same map;
+    volumes (N, K, D, H, W) give a finite (N, D, H, W) map."""
     for classes in (2, 3):
         torch.manual_seed(0)
         loss = cls(cls.Options.model_validate(options or {}))
@@ -349,6 +350,11 @@ def check_loss(cls: type[Loss], options: dict[str, Any] | None = None) -> None:
         fresh.load_state_dict(saved_and_loaded(loss.state_dict()))
         assert torch.allclose(loss(logits, labels), fresh(logits, labels), atol=1e-6), (
             f"{cls.name}: a fresh instance loaded with state_dict() gives another map")
+        volume = torch.randn(2, out_channels(classes), 6, 6, 6, requires_grad=True)
+        got = loss(volume, torch.from_numpy(random_volumes(2, 6, classes, seed=classes)))
+        assert got.shape == (2, 6, 6, 6) and torch.isfinite(got).all(), (
+            f"{cls.name}: volumes (N, K, D, H, W) must give a finite (N, D, H, W) map, got "
+            f"{tuple(got.shape)}")
 
 
 def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = None) -> None:

@@ -1,7 +1,8 @@
 """Sliding-window prediction: images (or volumes) larger than the training patches are predicted
 one patch-sized window at a time, windows overlapping by half, and the class probabilities of
-overlapping windows averaged. The network then never sees more than one patch at once, so a whole
-CT volume is predicted in the memory a training patch needs.
+overlapping windows averaged. The network never sees more than a batch of patches at once, so its
+activations take the memory of training patches however large the volume; what grows with the
+volume is the image itself and one probability map per class beside it (on the image's device).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from torch import nn
 from noisyseg.losses import class_probs
 
 
-def starts(size: int, window: int, overlap: float = 0.5) -> list[int]:
-    """Window offsets along one axis: a step of ``window * (1 - overlap)``, the last window flush
-    with the end; one window at 0 when the axis is not longer than the window."""
+def starts(size: int, window: int, step: int) -> list[int]:
+    """Window offsets along one axis, ``step`` apart, the last window flush with the end (so
+    every position is covered); one window at 0 when the axis is not longer than the window."""
     if size <= window:
         return [0]
-    step = max(1, int(window * (1 - overlap)))
-    offsets = list(range(0, size - window + 1, step))
+    offsets = list(range(0, size - window + 1, max(1, step)))
     return offsets if offsets[-1] == size - window else [*offsets, size - window]
 
 
@@ -35,7 +35,7 @@ def sliding_probs(model: nn.Module, image: torch.Tensor, window: tuple[int, ...]
         image's device (2 classes for a one-logit net)
     """
     spatial = image.shape[1:]
-    corners = list(itertools.product(*(starts(s, min(w, s), overlap)
+    corners = list(itertools.product(*(starts(s, min(w, s), int(min(w, s) * (1 - overlap)))
                                        for s, w in zip(spatial, window, strict=True))))
     sizes = [min(w, s) for s, w in zip(spatial, window, strict=True)]
     total: torch.Tensor | None = None

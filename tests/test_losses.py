@@ -41,44 +41,66 @@ def _published_tloss(probs: torch.Tensor, onehot: torch.Tensor, nu: torch.Tensor
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_tloss_map_has_the_published_value_and_gradient(classes: int) -> None:
+def test_tloss_map_has_the_published_gradient_and_residuals_as_values(classes: int) -> None:
     loss = _built(TLoss, classes)
     loss.log_nu.data = loss.log_nu.data.double()
     logits, labels = _data(classes)
-    got = loss(logits, labels).mean()
-    got_grads = torch.autograd.grad(got, [logits, loss.log_nu])
+    got = loss(logits, labels)
+    got_grads = torch.autograd.grad(got.mean(), [logits, loss.log_nu])
 
     probs = class_probs(logits)
     onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
     nu = loss.log_nu.exp() + loss.options.eps
     image_loss, d = _published_tloss(probs, onehot, nu)
-    want = (image_loss / d).mean()
-    want_grads = torch.autograd.grad(want, [logits, loss.log_nu])
-    assert torch.allclose(got, want, rtol=1e-12)
+    want_grads = torch.autograd.grad((image_loss / d).mean(), [logits, loss.log_nu])
     for g, w in zip(got_grads, want_grads, strict=True):
         assert torch.allclose(g, w, rtol=1e-9, atol=1e-14)
+    delta = (probs - onehot)[:, 1:] if classes == 2 else probs - onehot
+    k = delta.shape[1]
+    assert torch.allclose(got, delta.square().sum(1) / (2 * k), rtol=1e-12)  # comparable values
 
 
-def test_tloss_pixels_rank_by_residual_and_nu_is_logged_and_fixed_on_request() -> None:
+def test_tloss_values_rank_pixels_by_residual_across_images() -> None:
     loss = _built(TLoss)
     logits, labels = _data(2)
-    pixel = loss(logits, labels)[0].flatten()
-    residual = (torch.sigmoid(logits[0, 0]) - labels[0]).square().flatten()
+    residual = (torch.sigmoid(logits[:, 0]) - labels).square().flatten()
+    values = loss(logits, labels).flatten()
     order = residual.argsort()
-    assert (pixel[order].diff() >= -1e-12).all()
+    assert (values[order].diff() >= -1e-12).all() and (values >= 0).all()
     assert loss.metrics() == {"loss_nu": pytest.approx(math.e)}
     assert _built(TLoss, learn_nu=False).parameters() == []
 
 
-def test_nrdice_map_mean_is_the_published_loss() -> None:
+def test_nrdice_map_mean_is_the_published_loss_over_the_batch() -> None:
     loss = _built(NRDiceLoss, 3, gamma=1.5)
     logits, labels = _data(3)
     probs = class_probs(logits)
     onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
-    numerator = (probs - onehot).abs().pow(1.5).sum((2, 3))
-    denominator = probs.square().sum((2, 3)) + onehot.square().sum((2, 3)) + 1e-5
-    want = (numerator / denominator).mean()   # over images and classes
+    numerator = (probs - onehot).abs().pow(1.5).sum((0, 2, 3))
+    denominator = probs.square().sum((0, 2, 3)) + onehot.square().sum((0, 2, 3)) + 1e-5
+    want = (numerator / denominator).mean()   # over classes
     assert torch.allclose(loss(logits, labels).mean(), want, rtol=1e-12)
+
+
+def test_nrdice_does_not_reward_predicting_a_class_an_image_lacks() -> None:
+    loss = _built(NRDiceLoss)
+    labels = torch.zeros(2, 16, 16, dtype=torch.int64)
+    labels[1, 4:12, 4:12] = 1                  # image 0 has no foreground
+    costs = []
+    for logit in (0.0, -5.0, -8.0):            # ever surer that image 0 is background
+        logits = torch.full((2, 1, 16, 16), 8.0) * (2 * labels[:, None] - 1)
+        logits[0] = logit
+        costs.append(float(loss(logits, labels).mean()))
+    assert costs[0] > costs[1] > costs[2]
+
+
+@pytest.mark.parametrize("cls", [GCELoss, MAELoss])
+def test_robust_losses_keep_finite_gradients_when_the_label_probability_underflows(cls: type) -> None:
+    logits = torch.tensor([[[[20.0, -20.0]]]], requires_grad=True)   # p(label) = 0 in float32
+    labels = torch.tensor([[[0, 1]]])
+    value = _built(cls)(logits, labels)
+    (grad,) = torch.autograd.grad(value.mean(), logits)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
 
 
 def test_gce_loss_has_the_gce_reweighters_gradient_and_mae_is_q1() -> None:
@@ -94,6 +116,7 @@ def test_gce_loss_has_the_gce_reweighters_gradient_and_mae_is_q1() -> None:
 
 
 @pytest.mark.parametrize("method", [{"reweighter": {"name": "l2rw"}},
+                                    {"reweighter": {"name": "mwnet", "options": {"virtual": "adam"}}},
                                     {"reweighter": {"name": "coteaching"}},
                                     {"corrector": {"name": "plc", "options": {"warmup_epochs": 1}}}])
 def test_tloss_trains_with_any_method_and_learns_nu(tmp_path: Path, method: dict) -> None:

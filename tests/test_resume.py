@@ -23,6 +23,7 @@ METHODS = {
     "none": {},
     "mcpm": {"reweighter": {"name": "mcpm"}},
     "tloss+mwnet": {"loss": {"name": "tloss"}, "reweighter": {"name": "mwnet"}},
+    "clslsr": {"corrector": {"name": "clslsr", "options": {"detect_epoch": 1}}},
     "volumes+mcpm": {"dataset": {"name": "synthetic", "options": {
                          "dims": 3, "size": 16, "n_train": 32, "n_meta": 4, "n_test": 3,
                          "min_radius": 2.0, "max_radius": 4.0}},

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from noisyseg_datasets.folder import FolderDataset
 from noisyseg_datasets.mni152 import MNI152Dataset
 from noisyseg_datasets.synthetic import SyntheticDataset
 
@@ -28,9 +29,9 @@ def _volume_run(tmp_path: Path, **overrides: object) -> object:
 
 
 def test_window_offsets_cover_every_axis_flush_to_the_end() -> None:
-    assert starts(10, 10) == [0] and starts(8, 10) == [0]
-    assert starts(20, 8) == [0, 4, 8, 12]
-    assert starts(21, 8) == [0, 4, 8, 12, 13]
+    assert starts(10, 10, 5) == [0] and starts(8, 10, 5) == [0]
+    assert starts(20, 8, 4) == [0, 4, 8, 12]
+    assert starts(21, 8, 4) == [0, 4, 8, 12, 13]
 
 
 def test_sliding_window_of_a_pointwise_net_equals_the_whole_image() -> None:
@@ -104,3 +105,70 @@ def test_every_method_trains_on_volumes(tmp_path: Path, method: str) -> None:
     assert math.isfinite(m["dice"]) and math.isfinite(m["hd95"]) and m["distance_mm"] == 1.0
     assert len(result.history) == 2 and (tmp_path / "run" / "examples.png").stat().st_size > 0
     assert any(isinstance(mod, torch.nn.Conv3d) for mod in result.model.modules())
+
+
+def _nifti_folder(root: Path, n: int = 5, spacing: tuple[float, ...] = (0.8, 0.8, 2.0),
+                  odd_spacing: int | None = None) -> Path:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    xx, yy, zz = np.mgrid[:24, :20, :16]
+    for i in range(n):
+        mask = ((xx - 12) ** 2 + (yy - 10) ** 2 + ((zz - 8) * 2) ** 2 < (5 + i) ** 2).astype(np.uint8)
+        image = (mask * 0.5 + rng.normal(0, 0.1, mask.shape)).astype(np.float32)
+        affine = np.diag([*(spacing if i != odd_spacing else (1.0, 1.0, 1.0)), 1.0])
+        nib.save(nib.Nifti1Image(image, affine), root / "images" / f"case{i}.nii.gz")
+        nib.save(nib.Nifti1Image(mask * 255, affine), root / "masks" / f"case{i}.nii.gz")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:dataset 'folder' train split")  # cubes outside the blob
+def test_folder_reads_nifti_volumes_with_their_spacing(tmp_path: Path) -> None:
+    root = _nifti_folder(tmp_path / "data")
+    options = {"root": str(root), "dims": 3, "patch": 8, "test_fraction": 0.2, "meta_fraction": 0.2}
+    splits = FolderDataset(FolderDataset.Options.model_validate(options)).load(0)
+    check_splits(splits, "folder")
+    assert splits.spacing == (2.0, 0.8, 0.8) and splits.num_classes == 2  # (z, x, y)
+    assert splits.test.images.shape == (1, 1, 16, 24, 20)                  # whole, axial first
+    cubes_per_volume = 3 * 5 * 4                                            # stride 4, flush end
+    assert splits.train.images.shape == (3 * cubes_per_volume, 1, 8, 8, 8)
+    assert set(np.unique(splits.train.masks)) == {0, 1}
+
+    with pytest.raises(DataError, match="share one voxel size"):
+        FolderDataset(FolderDataset.Options.model_validate(
+            {**options, "root": str(_nifti_folder(tmp_path / "odd", odd_spacing=2))})).load(0)
+    with pytest.raises(DataError, match="smaller than the patch"):
+        FolderDataset(FolderDataset.Options.model_validate({**options, "patch": 20})).load(0)
+
+
+@pytest.mark.filterwarnings("ignore:dataset 'folder' train split")
+def test_a_run_on_nifti_volumes_scores_whole_test_volumes_in_mm(tmp_path: Path) -> None:
+    root = _nifti_folder(tmp_path / "data")
+    result = run(tiny_run_config(
+        dataset={"name": "folder", "options": {"root": str(root), "dims": 3, "patch": 8}},
+        train={"epochs": 1, "batch_size": 8}, output={"dir": str(tmp_path / "run")}),
+        progress=False)
+    assert result.metrics["distance_mm"] == 1.0 and math.isfinite(result.metrics["dice"])
+
+
+def test_relabel_changes_exactly_the_low_weight_confident_voxels_of_volumes() -> None:
+    from noisyseg_relabel import RelabelCorrector
+
+    from noisyseg.testing import cpu_run_context
+
+    labels = torch.zeros(3, 4, 5, 6, dtype=torch.int64)
+    corrector = RelabelCorrector(RelabelCorrector.Options(warmup_epochs=0, momentum=0.0))
+    corrector.setup(labels, cpu_run_context(2))
+    index = torch.tensor([0, 2])
+    weights = torch.ones(2, 4, 5, 6)
+    weights[1, 3, 4, 5] = weights[0, 1, 2, 3] = 0.0           # detected voxels
+    probs = torch.zeros(2, 2, 4, 5, 6)
+    probs[:, 1] = 0.99                                         # confidently foreground everywhere
+    probs[:, 0] = 0.01
+    corrector.observe_weights(index, weights)
+    corrector.observe(index, probs)
+    corrector.end_epoch(0)
+    changed = torch.nonzero(corrector.store).tolist()
+    assert changed == [[0, 1, 2, 3], [2, 3, 4, 5]]

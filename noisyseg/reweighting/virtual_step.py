@@ -24,6 +24,7 @@ in direction v (``torch.func.jvp`` over ``functional_call``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Iterator, Sequence
 from types import ModuleType
@@ -67,6 +68,24 @@ def _explain(exc: RuntimeError) -> NoisysegError | RuntimeError:
     return exc
 
 
+def _model_part(real: torch.optim.Adam, model: nn.Module) -> torch.optim.Adam:
+    """``real`` itself when it steps the model's parameters alone, else an Adam over the model's
+    parameters with the same settings and state (a loss that learns parameters of its own adds a
+    param group of them to the run's optimiser, which ``higher`` cannot copy onto the model)."""
+    own = {id(p) for p in model.parameters()}
+    groups = [g for g in real.param_groups if all(id(p) in own for p in g["params"])]
+    if len(groups) == len(real.param_groups):
+        return real
+    accepted = set(inspect.signature(torch.optim.Adam).parameters) - {"params"}
+    copy = torch.optim.Adam([{"params": g["params"], **{k: v for k, v in g.items() if k in accepted}}
+                             for g in groups])
+    for group in groups:
+        for p in group["params"]:
+            if p in real.state:
+                copy.state[p] = real.state[p]
+    return copy
+
+
 def _inner_optimizer(
     model: nn.Module, alpha: float, virtual: VirtualOptimizer, real: torch.optim.Optimizer | None
 ) -> torch.optim.Optimizer:
@@ -74,7 +93,7 @@ def _inner_optimizer(
         return torch.optim.SGD(model.parameters(), lr=alpha)
     if virtual == "adam":
         if isinstance(real, torch.optim.Adam):  # a differentiable copy of the real Adam state
-            return real
+            return _model_part(real, model)
         return torch.optim.Adam(model.parameters(), lr=alpha)
     raise ValueError(f"virtual optimiser must be 'sgd' or 'adam', got {virtual!r}")
 

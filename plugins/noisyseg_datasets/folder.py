@@ -7,7 +7,8 @@ Layout (``root`` is required)::
     root/test/...            root/meta/...             (meta is optional)
 
 Images and masks pair up by file name without extension. Formats: PNG, JPEG, BMP, TIFF (Pillow),
-NPY (NumPy) and NIfTI (.nii / .nii.gz, nibabel; a 3-D volume becomes one sample per axial slice).
+NPY (NumPy) and NIfTI (.nii / .nii.gz, nibabel; a 3-D volume becomes one sample per axial slice,
+or with ``dims = 3`` one volume, see :mod:`noisyseg_datasets.volumes`).
 Masks hold integers: two values in all (0/255, 0/1, ...) are background and foreground, labels
 0..K-1 are K classes, anything else is an error unless an option says what the values mean (see
 :mod:`noisyseg_datasets.masks`). Integer images are scaled by their type's maximum; float images
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from noisyseg import DataError, Dataset, Split, Splits
 from noisyseg_datasets.masks import apply_map, class_map
 from noisyseg_datasets.stream import stream_splits
+from noisyseg_datasets.volumes import common_spacing, cubes, read_volumes, whole
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 
@@ -104,6 +107,12 @@ def to_mask(array: np.ndarray, name: str) -> np.ndarray:
 class FolderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: Path = Field(..., description="folder holding images/ and masks/ (or train/, test/, meta/)")
+    dims: Literal[2, 3] = Field(2, description="2: pictures, and NIfTI volumes as axial slices; 3: "
+                                "one volume per NIfTI (or 3-D .npy) file, cut into cubes for "
+                                "training, test volumes whole")
+    patch: int = Field(64, ge=8, description="dims = 3: side of the training cubes (voxels)")
+    stride: int | None = Field(None, ge=1, description="dims = 3: step between cubes (default: "
+                               "half the patch)")
     images_dir: str = Field("images", description="name of the images folder (under root or each split)")
     masks_dir: str = Field("masks", description="name of the masks folder, paired with images by file name")
     num_classes: int | None = Field(None, ge=2, description="default: read from the mask values")
@@ -123,6 +132,8 @@ class FolderOptions(BaseModel):
     def _check(self) -> FolderOptions:
         if self.meta_fraction + self.test_fraction >= 1:
             raise ValueError("meta_fraction + test_fraction must be < 1")
+        if self.dims == 3 and self.stream:
+            raise ValueError("stream works for 2-D samples only; set stream = false with dims = 3")
         if self.mask_threshold is not None and self.mask_values is not None:
             raise ValueError("set mask_threshold or mask_values, not both")
         if self.mask_values is not None:
@@ -205,6 +216,8 @@ class FolderDataset(Dataset):
             raise DataError(f"{root} has a train/ folder but no test/ folder")
         if o.stream:
             return stream_splits(self, root)
+        if o.dims == 3:
+            return self._volumes(root)
         values: dict[str, set[int]] = {}
         if (root / "train").is_dir():
             parts = {}
@@ -222,6 +235,30 @@ class FolderDataset(Dataset):
         classes, k = class_map(values, o.num_classes, o.mask_threshold, o.mask_values)
         parts = {name: Split(p.images, apply_map(p.masks, classes)) for name, p in parts.items()}
         return Splits(**parts, num_classes=k)
+
+    def _volumes(self, root: Path) -> Splits:
+        """dims = 3: volumes go whole to a split; train and meta are cut into cubes."""
+        o = self.options
+        if (root / "train").is_dir():
+            groups = {name: read_volumes(self, root / name, root)
+                      for name in ("train", "meta", "test") if (root / name).is_dir()}
+        else:
+            found = read_volumes(self, root, root)
+            groups = {name: [found[i] for i in sorted(idx)]
+                      for name, idx in self.cuts(len(found), root).items()}
+        spacing = common_spacing([v for group in groups.values() for v in group])
+        values: dict[str, set[int]] = {}
+        for group in groups.values():
+            for _, mask, name, _ in group:
+                values.setdefault(name, set()).update(np.unique(mask).tolist())
+        stride = o.stride or max(1, o.patch // 2)
+        parts = {name: whole(group, o.patch) if name == "test" else cubes(group, o.patch, stride)
+                 for name, group in groups.items()}
+        if "meta" not in parts:
+            parts["meta"] = Split(parts["train"].images[:0], parts["train"].masks[:0])
+        classes, k = class_map(values, o.num_classes, o.mask_threshold, o.mask_values)
+        parts = {name: Split(p.images, apply_map(p.masks, classes)) for name, p in parts.items()}
+        return Splits(**parts, num_classes=k, spacing=spacing)
 
     def cuts(self, n: int, root: Path) -> dict[str, np.ndarray]:
         """Sample indices of the test, meta and train splits of a folder without split folders."""

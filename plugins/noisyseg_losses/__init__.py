@@ -6,9 +6,9 @@
 - ``nrdice``: the noise-robust Dice loss (Wang et al., IEEE TMI 2020);
 - ``tloss``: the T-Loss, a Student-t likelihood with a learned nu (Gonzalez-Jimenez et al., MICCAI 2023).
 
-Each returns a map (N, H, W) whose mean over the batch's pixels is the published loss of the batch,
-so plain training (weight 1) follows the paper's gradient exactly, and a reweighter's weights scale
-each pixel's share of it.
+Each returns a map (N, H, W) ((N, D, H, W) for volumes) whose mean over the batch's pixels has the
+published loss's gradient (and, but for tloss, its value), so plain training (weight 1) follows the
+paper exactly, and a reweighter's weights scale each pixel's share of it.
 """
 
 from __future__ import annotations
@@ -30,15 +30,6 @@ class CELoss(Loss):
         return per_pixel_loss(logits, labels)
 
 
-def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Predicted probability of each pixel's label.
-
-    Shape:
-        logits - (N, K, H, W) (K = 1 for a binary net); labels - (N, H, W); returns (N, H, W)
-    """
-    return class_probs(logits).gather(1, labels.unsqueeze(1)).squeeze(1)
-
-
 class GCEOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     q: float = Field(0.5, gt=0, le=1, description="0 -> cross-entropy, 1 -> mean absolute error")
@@ -52,8 +43,8 @@ class GCELoss(Loss):
     options: GCEOptions
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        q = self.options.q
-        return (1 - label_probability(logits, labels) ** q) / q
+        q = self.options.q  # p^q = exp(-q CE): no 0^q (an infinite gradient) when p underflows
+        return (1 - torch.exp(-q * per_pixel_loss(logits, labels))) / q
 
 
 class MAELoss(Loss):
@@ -62,7 +53,7 @@ class MAELoss(Loss):
     name = "mae"
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return 2 * (1 - label_probability(logits, labels))
+        return 2 * (1 - torch.exp(-per_pixel_loss(logits, labels)))  # p = exp(-CE)
 
 
 class NRDiceOptions(BaseModel):
@@ -73,27 +64,29 @@ class NRDiceOptions(BaseModel):
 
 
 class NRDiceLoss(Loss):
-    """Noise-robust Dice: sum |p - y|^gamma / (sum p^2 + sum y^2) per image and class (gamma 1.5)."""
+    """Noise-robust Dice: sum |p - y|^gamma / (sum p^2 + sum y^2) per class over the batch (1.5)."""
 
     name = "nrdice"
     Options = NRDiceOptions
     options: NRDiceOptions
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Each pixel's share of its image's loss, mean over classes (background included, as in
-        the paper), scaled so that the map's mean over an image is the image's loss.
+        """Each pixel's share of the batch's loss, mean over classes (background included, as in
+        the paper), scaled so that the map's mean is the batch's loss. The sums run over the
+        batch's pixels, as PyMIC's NoiseRobustDiceLoss does: per image, a class absent from an
+        image's truth would have its loss fall as the prediction of that class grows.
 
         Shape:
-            returns (N, H, W)
+            returns (N, H, W) ((N, D, H, W) for volumes)
         """
         probs = class_probs(logits)                                    # (N, K, H, W)
         onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
-        pixels = tuple(range(2, probs.dim()))
-        denominator = (probs.square().sum(pixels) + onehot.sum(pixels)  # y^2 = y
-                       + self.options.eps)                             # (N, K)
+        over = (0, *range(2, probs.dim()))                             # batch and pixels
+        denominator = (probs.square().sum(over) + onehot.sum(over)     # y^2 = y
+                       + self.options.eps)                             # (K,)
         share = (probs - onehot).abs().pow(self.options.gamma)
-        scale = labels[0].numel() / probs.shape[1]
-        view = (*denominator.shape, *(1,) * len(pixels))
+        scale = labels.numel() / probs.shape[1]
+        view = (1, -1, *(1,) * (probs.dim() - 2))
         return (share / denominator.view(view)).sum(1) * scale
 
 

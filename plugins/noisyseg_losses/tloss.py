@@ -14,12 +14,14 @@ tends to the squared error.
 Choices where the paper leaves room, tested in tests/test_losses.py:
 - the loss is divided by D, so its scale is a per-value mean like the other losses' (with Adam,
   the paper's optimiser, the factor changes nothing);
-- the map gives pixel i the share T/D + c (delta_i^2 - mean(delta^2)) / (2 K), where
-  c = (nu + D) / (nu + |delta|^2) and mean(delta^2) are held constant (no gradient) and T's
-  residual term is held constant in delta: the map's mean over the image is T / D, its gradient is
-  exactly T's (in delta and in nu), and its values rank pixels by their residual. So unit weights
-  train the published loss, and a reweighter's weights scale each pixel's pull. The T-Loss is
-  the squared error with a per-image weight c that falls as the image's residual grows.
+- the map's gradient is exactly T / D's, in delta and in nu: pixel i carries c delta_i^2 / (2 K)
+  with c = (nu + D) / (nu + |delta|^2) held constant (T is the squared error with a per-image
+  weight c that falls as the image's residual grows), and nu's terms ride along with value 0;
+- the map's values are the squared residuals delta_i^2 / (2 K), not T's per-pixel share: T's
+  constants (the lgamma terms) make its values meaningless per pixel, and reweighters that read
+  loss values (co-teaching's small-loss ranking, MWNet's and MCPM's weighting nets) need values
+  that compare across images. The logged training loss is therefore the halved mean squared
+  residual, and the learned nu is logged as ``loss_nu``.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class TLoss(Loss):
         image_loss = (-torch.lgamma((nu + d) / 2) + torch.lgamma(nu / 2)
                       + d / 2 * torch.log(math.pi * nu)
                       + (nu + d) / 2 * torch.log1p(total / nu))        # T, gradient in nu only
-        c = ((nu + d) / (nu + total)).detach()                         # (N,)
-        view = (-1, *(1,) * (squared.dim() - 1))
-        mean_squared = total / squared[0].numel()
-        base = image_loss / d - c * mean_squared / (2 * k)             # the image's mean is T / D
-        return base.view(view) + c.view(view) * squared / (2 * k)      # T's gradient in delta
+        c = ((nu + d) / (nu + total)).detach().view(-1, *(1,) * (squared.dim() - 1))
+        pull = c * squared / (2 * k)                                   # T's gradient in delta
+        in_nu = (image_loss / d).view(c.shape)                         # T's gradient in nu
+        return (squared.detach() / (2 * k)                             # the values: residuals
+                + (pull - pull.detach()) + (in_nu - in_nu.detach()))

@@ -98,15 +98,16 @@ class RelabelCorrector(LabelCorrector):
         store = self.store[index]
         flip = ((self.weight[index] < self.options.threshold) & self.confident[index]
                 & (self.predicted[index] != store))
-        where = torch.nonzero(flip)  # (M, 3): position in index, y, x
-        changes = (index[where[:, 0]], where[:, 1], where[:, 2],
+        where = torch.nonzero(flip)  # (M, 3): position in index, y, x ((M, 4) in volumes)
+        changes = (torch.cat([index[where[:, :1]], where[:, 1:]], dim=1),
                    self.predicted[index][flip])
         parts = self.world.gather(changes) if self.world.size > 1 else [changes]
         total = 0
-        for i, y, x, values in parts:
-            self.store[i, y, x] = values
-            self.weight[i, y, x] = 1.0
-            total += len(i)
+        for at, values in parts:
+            pixels = tuple(at.T)  # image, (slice,) row, column
+            self.store[pixels] = values
+            self.weight[pixels] = 1.0
+            total += len(at)
         return total
 
     def state_dict(self) -> dict[str, Any]:
