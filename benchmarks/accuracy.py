@@ -5,7 +5,8 @@
     python benchmarks/accuracy.py --summary          # tables from the stored results.csv
 
 Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) - Dice(none)):
-0 is plain training on the noisy labels, 1 is training on the clean labels. The methods:
+0 is plain training on the noisy labels, 1 is training on the clean labels. A plain run takes
+:data:`DEFAULT_METHODS` (about 30 minutes on 2 cores); ``--methods`` names others. The methods:
 
 - ``clean``: the clean-label ceiling (noise rate 0; the meta images are training images too);
 - ``none``: plain training on the noisy labels, with the clean meta images added to the training
@@ -30,23 +31,25 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   options are relabel's, unchanged;
 - ``none_aug``, ``relabel_aug``: none and relabel with the ``augment`` section on (flips, 90-degree
   rotations, brightness/contrast; :data:`AUGMENT`): what augmentation adds to the baseline and to
-  the best method. Run only when named;
+  the best method. Run when named;
 - ``mcpm_head``: mcpm with the virtual step in the output layer's parameters alone
   (``meta_layers = 1``, about half of mcpm's cost on the CPU): does the cheap meta-gradient find
-  the corrupted pixels as well? Run only when named;
+  the corrupted pixels as well? Run when named;
 - ``mcpm_adaptive``: mcpm with an interval growing from 1 to 10 over the run
   (``interval_max = 10``: a meta step at a quarter of the steps), mcpm's default since
   2026-11-23; ``mcpm`` and ``mcpm_head`` here keep the paper's meta step at every iteration
-  (``interval_max = null``), as in every earlier result. Run only when named;
-- ``mcpm_adaptive30``: the same growing to 30 (a meta step at 12% of the steps). Run only when
-  named;
+  (``interval_max = null``), as in every earlier result. Run when named;
+- ``mcpm_adaptive30``: the same growing to 30 (a meta step at 12% of the steps). Run when named;
 - ``tloss``, ``nrdice``: plain training with a noise-robust loss instead of cross-entropy (the
   ``loss`` kind: the T-Loss of Gonzalez-Jimenez et al. 2023 with its learned nu, the noise-robust
   Dice of Wang et al. 2020, gamma 1.5), default options; ``relabel_tloss``: relabel trained with
-  the T-Loss (a loss composed with a reweighter and a corrector). Run only when named;
+  the T-Loss (a loss composed with a reweighter and a corrector). Run when named;
+- ``relabel_finetune``: relabel's model fine-tuned on the clean meta set exactly as ``finetune``
+  fine-tunes none's (the two best methods of the first results, chained; the best method since
+  2026-11-23, so in the default set);
 - ``clslsr``: confident learning + spatial label smoothing (Zhang et al. 2020, PyMIC's CLSLSR):
   cleanlab flags label errors after half the epochs, flagged pixels then train on 0.75 / 0.25
-  labels. Default options. Run only when named.
+  labels. Default options. Run when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -78,10 +81,13 @@ BASELINES = ("none", "none_nometa", "none_select", "finetune", "none_aug")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
            "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect", "none_aug",
            "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30", "tloss", "nrdice",
-           "relabel_tloss", "clslsr")
-#: run only when named in --methods (added after the first results, each to answer one question)
-ONLY_WHEN_NAMED = ("relabel_detect", "none_aug", "relabel_aug", "mcpm_head", "mcpm_adaptive",
-                   "mcpm_adaptive30", "tloss", "nrdice", "relabel_tloss", "clslsr")
+           "relabel_tloss", "clslsr", "relabel_finetune")
+#: what a plain ``python benchmarks/accuracy.py`` runs: the ceilings (clean, oracle), the baselines
+#: (none, finetune), mcpm and the best method so far (relabel_finetune, and the relabel run it
+#: continues), about 30 minutes on the CPU preset; every other method runs when named in --methods
+DEFAULT_METHODS = ("clean", "none", "oracle", "finetune", "mcpm", "relabel", "relabel_finetune")
+#: a fine-tune method and the run whose trained weights it starts from
+FINETUNED = {"finetune": "none", "relabel_finetune": "relabel"}
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -169,7 +175,7 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         if method in ("mcpm", "mcpm_head"):  # the papers' meta step at every iteration
             head = {**head, "interval_max": None}
         return {"reweighter": {"name": "mcpm", "options": {"meta_lr": 10 * base["train"]["lr"], **head}}}
-    if method == "finetune":
+    if method in FINETUNED:
         t = base["train"]
         return {"train": {"meta_only": True, "init_from": str(none_dir), "lr": t["lr"] * 0.1,
                           "schedule": "cosine"}}  # epochs: finetune_epochs
@@ -197,10 +203,11 @@ def split_sizes(dataset: dict[str, Any], cache: dict[str, tuple[int, int]], name
 def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed: int, out: Path,
             sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:
     base = preset["base"]
-    none_dir = out / "runs" / f"{dataset}-r{rate:g}-none-s{seed}"
+    start_from = FINETUNED.get(method, "none")  # the run a fine-tune method continues
+    none_dir = out / "runs" / f"{dataset}-r{rate:g}-{start_from}-s{seed}"
     run_dir = out / "runs" / f"{dataset}-r{rate:g}-{method}-s{seed}"
     config = merge(base, method_config(method, base, none_dir))
-    if method == "finetune":
+    if method in FINETUNED:
         ft = finetune_epochs(base, split_sizes(preset["datasets"][dataset], sizes, dataset))
         config = merge(config, {"train": {"epochs": ft}})
     config = merge(config, {
@@ -225,11 +232,12 @@ def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed
 
 def plan(datasets: list[str], rates: list[float], seeds: list[int], methods: list[str],
          only_at: dict[str, list[float]] | None = None) -> list[tuple]:
-    """Runs in order: clean once per dataset and seed; none before the finetune that starts from
-    it; a method named in ``only_at`` only at those rates."""
+    """Runs in order: clean once per dataset and seed; the run a fine-tune method starts from
+    (:data:`FINETUNED`) before it; a method named in ``only_at`` only at those rates."""
     only_at = only_at or {}
-    if "finetune" in methods and "none" not in methods:  # it starts from the none run's weights
-        methods = [*methods, "none"]
+    for tuned, start in FINETUNED.items():  # a fine-tune starts from another run's weights
+        if tuned in methods and start not in methods:
+            methods = [*methods, start]
     runs = []
     for dataset in datasets:
         for seed in seeds:
@@ -327,9 +335,9 @@ def main() -> None:
     parser.add_argument("--rates", nargs="+", type=float, default=[0.4, 0.8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS,
-                        default=[m for m in METHODS if m not in ONLY_WHEN_NAMED],
-                        help=f"default: all but {', '.join(ONLY_WHEN_NAMED)} (they would take the CPU "
-                        "preset past an hour)")
+                        default=list(DEFAULT_METHODS),
+                        help=f"default: {', '.join(DEFAULT_METHODS)} (all of them would take the "
+                        "CPU preset past two hours)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/accuracy-<preset>")
     parser.add_argument("--summary", action="store_true", help="only print the tables of results.csv")

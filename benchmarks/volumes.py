@@ -9,13 +9,15 @@ the training cube. White matter is the label; 40% of the training cubes get thei
 by a 3-D ball of radius 0-3 voxels. A 3-D U-Net (base 8, depth 3), Adam 1e-3, cosine, batch 8.
 Dice and HD95 are taken per test volume, HD95 in mm (the template's spacing).
 
-Prints one line per run, a table of means and sds over seeds (with the clean-label run as the
-ceiling), and last ``dice3d_none=<a> dice3d_mcpm=<b> hd95_mm_none=<c>`` (means over seeds).
+Prints one line per run (also appended to ``<out>/results.csv``), a table of means and sds over
+seeds (with the clean-label run as the ceiling), and last
+``dice3d_none=<a> dice3d_mcpm=<b> hd95_mm_none=<c>`` (means over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import tempfile
 import time
@@ -65,9 +67,18 @@ def main() -> None:
             m = result.metrics
             scores[method]["dice"].append(m["dice"])
             scores[method]["hd95"].append(m["hd95"])
+            seconds = time.perf_counter() - start
             print(f"{method:<5} seed={seed} dice={m['dice']:.4f} hd95={m['hd95']:.2f} mm "
                   f"best_epoch_dice={best_epoch_dice(result.history):.4f} "
-                  f"({time.perf_counter() - start:.0f} s) {result.run_dir}", flush=True)
+                  f"({seconds:.0f} s) {result.run_dir}", flush=True)
+            with open(out / "results.csv", "a", newline="") as f:
+                writer = csv.writer(f)
+                if f.tell() == 0:
+                    writer.writerow(["dataset", "method", "seed", "dice", "hd95_mm",
+                                     "best_epoch_dice", "seconds"])
+                writer.writerow([args.dataset, method, seed, round(m["dice"], 5),
+                                 round(m["hd95"], 4), round(best_epoch_dice(result.history), 5),
+                                 round(seconds, 1)])
 
     def summary(values: list[float]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -124,7 +124,7 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
     NCCL on GPUs): --nproc N starts them here, or launch with
     `torchrun --nproc-per-node N -m noisyseg run ...` (several machines: see torchrun).
 
-    Component names (dataset, noise, backbone, reweighter, corrector) are listed by
+    Component names (dataset, noise, backbone, loss, reweighter, corrector) are listed by
     `noisyseg plugins`; each component's options are set with --set or in the config file.
 
     \b
@@ -136,6 +136,8 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
       noisyseg run --reweighter mcpm --set reweighter.options.interval=5
       noisyseg run --resume runs/20261122-101500-synthetic-dilation-mcpm
       noisyseg run --reweighter mcpm --nproc 2 --batch-size 32
+      noisyseg run --loss tloss --corrector clslsr
+      noisyseg run --dataset mni152 --set dataset.options.dims=3   # 3-D volumes
     """
     from noisyseg.engine import run as run_engine
 

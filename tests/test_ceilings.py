@@ -143,6 +143,16 @@ def test_recovery_is_measured_on_the_none_to_clean_gap() -> None:
     assert math.isnan(acc.recovery(rows, "d", 0.4, "mcpm")[0])
 
 
+def test_a_fine_tune_method_runs_after_the_run_it_starts_from() -> None:
+    acc = _accuracy_module()
+    runs = acc.plan(["d"], [0.4], [0], ["relabel_finetune", "finetune"])
+    methods = [m for _, _, m, _ in runs]
+    assert methods.index("relabel") < methods.index("relabel_finetune")
+    assert methods.index("none") < methods.index("finetune")
+    config = acc.method_config("relabel_finetune", {"train": {"lr": 1e-3}}, Path("runs/relabel"))
+    assert config["train"]["init_from"] == "runs/relabel" and config["train"]["meta_only"]
+
+
 def test_accuracy_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     acc = _accuracy_module()
     import sys

@@ -70,3 +70,10 @@ def test_three_classes_switch_to_each_other_class_evenly() -> None:
     counts = torch.bincount(drawn.flatten(), minlength=3).float() / drawn.numel()
     assert counts[0] == pytest.approx(0.75, abs=0.03)
     assert counts[1] == pytest.approx(0.125, abs=0.03) and counts[2] == pytest.approx(0.125, abs=0.03)
+
+
+def test_a_detection_epoch_past_the_run_is_refused() -> None:
+    from noisyseg import ConfigError
+
+    with pytest.raises(ConfigError, match="detect_epoch \\(3\\) is past the run's last epoch \\(2\\)"):
+        _corrector(torch.zeros(2, 8, 8, dtype=torch.int64), detect_epoch=3)

@@ -78,20 +78,22 @@ def test_nrdice_map_mean_is_the_published_loss_over_the_batch() -> None:
     onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
     numerator = (probs - onehot).abs().pow(1.5).sum((0, 2, 3))
     denominator = probs.square().sum((0, 2, 3)) + onehot.square().sum((0, 2, 3)) + 1e-5
-    want = (numerator / denominator).mean()   # over classes
+    assert (onehot.sum((0, 2, 3)) > 0).all()
+    want = (numerator / denominator).mean()   # over classes (all present here)
     assert torch.allclose(loss(logits, labels).mean(), want, rtol=1e-12)
 
 
-def test_nrdice_does_not_reward_predicting_a_class_an_image_lacks() -> None:
+def test_nrdice_does_not_reward_predicting_a_class_an_image_or_batch_lacks() -> None:
     loss = _built(NRDiceLoss)
     labels = torch.zeros(2, 16, 16, dtype=torch.int64)
     labels[1, 4:12, 4:12] = 1                  # image 0 has no foreground
-    costs = []
-    for logit in (0.0, -5.0, -8.0):            # ever surer that image 0 is background
-        logits = torch.full((2, 1, 16, 16), 8.0) * (2 * labels[:, None] - 1)
-        logits[0] = logit
-        costs.append(float(loss(logits, labels).mean()))
-    assert costs[0] > costs[1] > costs[2]
+    for batch in (labels, labels[:1]):         # the batch has some foreground, or none
+        costs = []
+        for logit in (0.0, -5.0, -8.0):        # ever surer that image 0 is background
+            logits = torch.full((len(batch), 1, 16, 16), 8.0) * (2 * batch[:, None] - 1)
+            logits[0] = logit
+            costs.append(float(loss(logits, batch).mean()))
+        assert costs[0] > costs[1] > costs[2]
 
 
 @pytest.mark.parametrize("cls", [GCELoss, MAELoss])

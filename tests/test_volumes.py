@@ -107,7 +107,7 @@ def test_every_method_trains_on_volumes(tmp_path: Path, method: str) -> None:
     assert any(isinstance(mod, torch.nn.Conv3d) for mod in result.model.modules())
 
 
-def _nifti_folder(root: Path, n: int = 5, spacing: tuple[float, ...] = (0.8, 0.8, 2.0),
+def _nifti_folder(root: Path, n: int = 5, spacing: tuple[float, ...] = (0.8, 0.9, 2.0),
                   odd_spacing: int | None = None) -> Path:
     import nibabel as nib
 
@@ -127,10 +127,11 @@ def _nifti_folder(root: Path, n: int = 5, spacing: tuple[float, ...] = (0.8, 0.8
 @pytest.mark.filterwarnings("ignore:dataset 'folder' train split")  # cubes outside the blob
 def test_folder_reads_nifti_volumes_with_their_spacing(tmp_path: Path) -> None:
     root = _nifti_folder(tmp_path / "data")
-    options = {"root": str(root), "dims": 3, "patch": 8, "test_fraction": 0.2, "meta_fraction": 0.2}
+    options = {"root": str(root), "dims": 3, "patch": 8, "stride": 4, "test_fraction": 0.2,
+               "meta_fraction": 0.2}
     splits = FolderDataset(FolderDataset.Options.model_validate(options)).load(0)
     check_splits(splits, "folder")
-    assert splits.spacing == (2.0, 0.8, 0.8) and splits.num_classes == 2  # (z, x, y)
+    assert splits.spacing == (2.0, 0.8, 0.9) and splits.num_classes == 2  # (z, x, y)
     assert splits.test.images.shape == (1, 1, 16, 24, 20)                  # whole, axial first
     cubes_per_volume = 3 * 5 * 4                                            # stride 4, flush end
     assert splits.train.images.shape == (3 * cubes_per_volume, 1, 8, 8, 8)
@@ -141,6 +142,26 @@ def test_folder_reads_nifti_volumes_with_their_spacing(tmp_path: Path) -> None:
             {**options, "root": str(_nifti_folder(tmp_path / "odd", odd_spacing=2))})).load(0)
     with pytest.raises(DataError, match="smaller than the patch"):
         FolderDataset(FolderDataset.Options.model_validate({**options, "patch": 20})).load(0)
+    default = FolderDataset(FolderDataset.Options.model_validate(
+        {**options, "stride": None})).load(0)                                # stride = patch
+    assert len(default.train) == 3 * (2 * 3 * 3)
+    with pytest.raises(ValueError, match="would leave voxels in no cube"):
+        FolderDataset.Options.model_validate({**options, "stride": 9})
+
+
+def test_a_nifti_volume_stored_flipped_reads_as_the_canonical_one(tmp_path: Path) -> None:
+    import nibabel as nib
+    from noisyseg_datasets.volumes import read_volume
+
+    data = np.random.default_rng(0).random((6, 5, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.9, 2.0, 1.0])), tmp_path / "ras.nii.gz")
+    flipped = np.diag([-0.8, 0.9, 2.0, 1.0])
+    flipped[0, 3] = 0.8 * 5                                    # the same voxels, x stored reversed
+    nib.save(nib.Nifti1Image(data[::-1].copy(), flipped), tmp_path / "las.nii.gz")
+    a, spacing_a = read_volume(tmp_path / "ras.nii.gz", is_mask=False)
+    b, spacing_b = read_volume(tmp_path / "las.nii.gz", is_mask=False)
+    assert a.shape == (4, 6, 5) and spacing_a == spacing_b == (2.0, 0.8, 0.9)
+    assert np.array_equal(a, b)
 
 
 @pytest.mark.filterwarnings("ignore:dataset 'folder' train split")

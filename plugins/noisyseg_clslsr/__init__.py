@@ -8,21 +8,29 @@ figure we could source.
 1. The network trains on the noisy labels until ``detect_epoch``.
 2. Confident learning (Northcutt et al., JAIR 2021) flags the training pixels whose label
    disagrees with the class the network is confident about, given per-class thresholds:
-   cleanlab's ``find_label_issues`` with ``filter_by = "both"`` on every training pixel's class
-   probabilities (PyMIC's default, ``prune_method = "both"`` in the cleanlab 1.0 it pins).
+   cleanlab's ``find_label_issues`` with ``filter_by = "both"`` on the class probabilities of the
+   pixels of every training image seen in the detection epoch (PyMIC's default,
+   ``prune_method = "both"`` in the cleanlab 1.0 it pins).
 3. From then on a flagged pixel is trained towards a smoothed label: 1 - ``eps`` on its label and
    ``eps`` on the other classes (eps = 0.25: 0.75 / 0.25 for a binary task).
 
-Choices where the paper leaves room (tested in tests/test_clslsr.py):
+Choices where the paper leaves room (tests/test_clslsr.py tests the flags, the draws and the
+refused detection epoch):
 - the probabilities are those of the loop's training forward passes in the detection epoch (each
   training image once, un-augmented positions), not of a separate inference pass, as ADELE and
   PLC use theirs; cross-validated probabilities, which confident learning prefers, would need
   several networks;
 - the smoothed target is given in expectation: a corrector hands the loop hard labels, so each
   epoch every flagged pixel takes another class with probability ``eps`` (drawn per epoch and
-  image from the run's seed, so a resumed run draws the same). The expected cross-entropy is
-  exactly the smoothed label's;
-- one process only (the flags need every image's probabilities in one place).
+  image from the run's seed, so a resumed run draws the same). With the cross-entropy loss and
+  label-independent weights the expected loss is exactly the smoothed label's;
+- one process only (the flags need every image's probabilities in one place);
+- with K > 2 classes the smoothing mass eps is shared equally by the other K - 1 classes.
+
+Memory: the detection epoch keeps every training pixel's class probabilities as float16 on the
+run's scratch (files when the dataset streams), but cleanlab needs them in memory: flagging peaks
+at about 30 bytes per training pixel and class (float32 and float64 copies, cleanlab's own
+arrays). The flags stay on the scratch.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from noisyseg import ConfigError, LabelCorrector, RunContext, hookimpl
+from noisyseg.scratch import chunks
 
 
 class CLSLSROptions(BaseModel):
@@ -64,6 +73,9 @@ class CLSLSRCorrector(LabelCorrector):
         self.run = run
         self.num_classes = run.num_classes
         self.detect_epoch = self.options.detect_epoch or max(1, run.epochs // 2)
+        if self.detect_epoch > run.epochs:
+            raise ConfigError(f"corrector.options.detect_epoch ({self.detect_epoch}) is past the "
+                              f"run's last epoch ({run.epochs}): nothing would be flagged")
         self.epoch = 0  # epochs finished
         self.probs: torch.Tensor | None = None
         self.flags: torch.Tensor | None = None
@@ -78,8 +90,8 @@ class CLSLSRCorrector(LabelCorrector):
             flagged = self.flags[i]
             if not flagged.any():
                 continue
-            generator = torch.Generator().manual_seed(
-                (self.run.seed * 1_000_003 + self.epoch * 7_919 + i) % 2**63)
+            seed = np.random.SeedSequence([self.run.seed, self.epoch, i]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(seed))
             draw = torch.rand(flagged.shape, generator=generator)
             other = torch.randint(1, self.num_classes, flagged.shape, generator=generator)
             switch = flagged & (draw < self.options.eps)
@@ -106,10 +118,13 @@ class CLSLSRCorrector(LabelCorrector):
         metrics = {"clslsr_flagged": flagged}
         truth = self.run.clean_labels
         if truth is not None and truth.shape == self.store.shape and self.flags.any():
-            wrong = self.store.long() != truth
-            metrics["clslsr_flag_precision"] = float((wrong & self.flags).sum() / self.flags.sum())
-            metrics["clslsr_flag_recall"] = (float((wrong & self.flags).sum() / wrong.sum())
-                                             if wrong.any() else float("nan"))
+            hits = wrong = 0  # a chunk of images at a time
+            for part in chunks(len(truth)):
+                mistaken = self.store[part].long() != truth[part]
+                hits += int((mistaken & self.flags[part]).sum())
+                wrong += int(mistaken.sum())
+            metrics["clslsr_flag_precision"] = hits / int(self.flags.sum())
+            metrics["clslsr_flag_recall"] = hits / wrong if wrong else float("nan")
         return metrics
 
     def _flag(self) -> torch.Tensor:
@@ -117,7 +132,7 @@ class CLSLSRCorrector(LabelCorrector):
         from cleanlab.filter import find_label_issues
 
         assert self.probs is not None
-        flags = torch.zeros(self.store.shape, dtype=torch.bool)
+        flags = self.run.scratch.tensor(tuple(self.store.shape), torch.bool)
         seen = torch.nonzero(self.seen).flatten()
         if not len(seen):
             return flags

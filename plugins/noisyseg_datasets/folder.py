@@ -111,8 +111,8 @@ class FolderOptions(BaseModel):
                                 "one volume per NIfTI (or 3-D .npy) file, cut into cubes for "
                                 "training, test volumes whole")
     patch: int = Field(64, ge=8, description="dims = 3: side of the training cubes (voxels)")
-    stride: int | None = Field(None, ge=1, description="dims = 3: step between cubes (default: "
-                               "half the patch)")
+    stride: int | None = Field(None, ge=1, description="dims = 3: step between cubes, at most "
+                               "the patch (default: the patch: no overlap)")
     images_dir: str = Field("images", description="name of the images folder (under root or each split)")
     masks_dir: str = Field("masks", description="name of the masks folder, paired with images by file name")
     num_classes: int | None = Field(None, ge=2, description="default: read from the mask values")
@@ -132,6 +132,9 @@ class FolderOptions(BaseModel):
     def _check(self) -> FolderOptions:
         if self.meta_fraction + self.test_fraction >= 1:
             raise ValueError("meta_fraction + test_fraction must be < 1")
+        if self.stride is not None and self.stride > self.patch:
+            raise ValueError(f"stride ({self.stride}) > patch ({self.patch}) would leave voxels "
+                             "in no cube")
         if self.dims == 3 and self.stream:
             raise ValueError("stream works for 2-D samples only; set stream = false with dims = 3")
         if self.mask_threshold is not None and self.mask_values is not None:
@@ -251,7 +254,7 @@ class FolderDataset(Dataset):
         for group in groups.values():
             for _, mask, name, _ in group:
                 values.setdefault(name, set()).update(np.unique(mask).tolist())
-        stride = o.stride or max(1, o.patch // 2)
+        stride = o.stride or o.patch
         parts = {name: whole(group, o.patch) if name == "test" else cubes(group, o.patch, stride)
                  for name, group in groups.items()}
         if "meta" not in parts:

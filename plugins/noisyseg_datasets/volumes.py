@@ -3,8 +3,9 @@ volume. Train and meta volumes are cut into cubes of ``patch`` voxels every ``st
 (the last cube flush with the volume's end, so every voxel is in some cube); test volumes stay
 whole and are predicted by a sliding window of the cube (:mod:`noisyseg.window`).
 
-Axes: a NIfTI array (x, y, z) becomes (z, x, y) = (D, H, W), axial slices first, and its voxel
-size in mm (the header's zooms) the run's spacing: every volume must have the same voxel size
+Axes: a NIfTI volume is turned to the closest RAS orientation, then its array (x, y, z) becomes
+(z, x, y) = (D, H, W), axial slices first, and its voxel size in mm (the header's zooms, assumed
+in mm) the run's spacing: every volume must have the same voxel size
 (resample them first), so that HD and HD95 come in mm. A .npy volume is (D, H, W) as stored,
 with no spacing (distances in voxels) unless NIfTI files give one.
 """
@@ -29,18 +30,27 @@ SPACING_TOLERANCE = 1e-3
 
 def read_volume(path: Path, is_mask: bool) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """A file as a (D, H, W) volume (images may carry channels last: (x, y, z, C) for NIfTI,
-    (D, H, W, C) for .npy, returned (C, D, H, W)) and its voxel size in mm, or None."""
+    (D, H, W, C) for .npy, returned (C, D, H, W)) and its voxel size in mm, or None. A NIfTI
+    volume is first turned to the closest RAS orientation (``nibabel.as_closest_canonical``)."""
     from noisyseg_datasets.folder import read_array
 
     name = path.name.lower()
-    array = read_array(path)
     spacing: tuple[float, ...] | None = None
     nifti = name.endswith((".nii", ".nii.gz"))
     if nifti:
         import nibabel as nib
 
-        zooms = tuple(round(float(z), 6) for z in nib.load(path).header.get_zooms()[:3])  # float32
+        try:  # turned to the closest RAS orientation: files stored otherwise line up
+            image = nib.as_closest_canonical(nib.load(path))
+        except Exception as exc:  # a corrupt or unreadable file
+            raise DataError(f"cannot read {path}: {exc}") from None
+        array = np.asarray(image.dataobj)
+        zooms = tuple(round(float(z), 6) for z in image.header.get_zooms()[:3])  # float32
         spacing = (zooms[2], zooms[0], zooms[1])
+    else:
+        array = read_array(path)
+    if array.ndim == 4 and is_mask and array.shape[-1] == 1:
+        array = array[..., 0]  # (x, y, z, 1)
     if array.ndim == 3:
         return (np.moveaxis(array, 2, 0) if nifti else array), spacing
     if array.ndim == 4 and not is_mask:
@@ -60,7 +70,11 @@ def read_volumes(dataset: FolderDataset, folder: Path, root: Path
     channels = None
     for image_path, mask_path in dataset.pairs(folder):
         image, spacing = read_volume(image_path, is_mask=False)
-        mask, _ = read_volume(mask_path, is_mask=True)
+        mask, mask_spacing = read_volume(mask_path, is_mask=True)
+        if spacing is not None and mask_spacing is not None and not np.allclose(
+                spacing, mask_spacing, atol=SPACING_TOLERANCE):
+            raise DataError(f"image {image_path.name} has voxels of {spacing} mm and its mask "
+                            f"{mask_path.name} {mask_spacing} mm: they must match")
         check_finite(image, str(image_path.relative_to(root)))
         image = image[None] if image.ndim == 3 else image
         if image.shape[1:] != mask.shape:

@@ -71,10 +71,11 @@ class NRDiceLoss(Loss):
     options: NRDiceOptions
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Each pixel's share of the batch's loss, mean over classes (background included, as in
-        the paper), scaled so that the map's mean is the batch's loss. The sums run over the
-        batch's pixels, as PyMIC's NoiseRobustDiceLoss does: per image, a class absent from an
-        image's truth would have its loss fall as the prediction of that class grows.
+        """Each pixel's share of the batch's loss, mean over the classes present in the batch's
+        labels (background included, as in the paper), scaled so that the map's mean is the
+        batch's loss. The sums run over the batch's pixels, as PyMIC's NoiseRobustDiceLoss does.
+        A class absent from the labels is left out: its term, sum p^gamma / sum p^2, would fall
+        as the prediction of that class grows (per image, a class absent from one image would).
 
         Shape:
             returns (N, H, W) ((N, D, H, W) for volumes)
@@ -82,12 +83,13 @@ class NRDiceLoss(Loss):
         probs = class_probs(logits)                                    # (N, K, H, W)
         onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
         over = (0, *range(2, probs.dim()))                             # batch and pixels
+        present = onehot.sum(over) > 0                                 # (K,)
         denominator = (probs.square().sum(over) + onehot.sum(over)     # y^2 = y
                        + self.options.eps)                             # (K,)
         share = (probs - onehot).abs().pow(self.options.gamma)
-        scale = labels.numel() / probs.shape[1]
         view = (1, -1, *(1,) * (probs.dim() - 2))
-        return (share / denominator.view(view)).sum(1) * scale
+        terms = share / denominator.view(view) * present.view(view)
+        return terms.sum(1) * (labels.numel() / present.sum())
 
 
 @hookimpl
