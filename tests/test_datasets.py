@@ -72,6 +72,30 @@ def test_folder_reads_npy_and_nifti_volumes(registry: Registry, tmp_path: Path) 
     assert s.num_classes == 3
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_slices_of_one_nifti_volume_stay_in_one_split(registry: Registry, tmp_path: Path,
+                                                          stream: bool) -> None:
+    import nibabel as nib
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((16, 16, 6), np.uint8)
+    mask[4:12, 4:12] = 1
+    for i in range(5):  # each volume's slices carry the volume's number as their intensity
+        nib.save(nib.Nifti1Image(np.full((16, 16, 6), i / 10, np.float32), np.eye(4)),
+                 root / "images" / f"case{i}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "masks" / f"case{i}.nii.gz")
+    options = {"root": str(root), "test_fraction": 0.2, "meta_fraction": 0.2, "stream": stream,
+               "cache_dir": str(tmp_path / "cache")}
+    s = registry.build("dataset", "folder", options).load(0)
+    volumes = {name: set(np.round(np.asarray(getattr(s, name).images)[:, 0, 0, 0] * 10).astype(int))
+               for name in ("train", "meta", "test")}
+    assert [len(volumes[n]) for n in ("train", "meta", "test")] == [3, 1, 1]
+    assert not (volumes["train"] & volumes["test"]) and not (volumes["meta"] & volumes["test"])
+    assert (len(s.train), len(s.meta), len(s.test)) == (18, 6, 6)
+
+
 def test_folder_with_split_subfolders(registry: Registry, tmp_path: Path) -> None:
     write_folder_dataset(tmp_path / "r" / "train", n=6)
     write_folder_dataset(tmp_path / "r" / "test", n=3, seed=1)

@@ -62,7 +62,12 @@ class CLSLSRCorrector(LabelCorrector):
     name = "clslsr"
     Options = CLSLSROptions
     options: CLSLSROptions
-    observes_predictions = True
+
+    @property  # type: ignore[override]
+    def observes_predictions(self) -> bool:
+        """Only in the detection epoch: the loop copies each batch's probabilities to the CPU
+        for a corrector that observes them, which other epochs need not pay."""
+        return self.flags is None and self.epoch + 1 == self.detect_epoch
 
     def setup(self, labels: torch.Tensor, run: RunContext) -> None:
         """Shape: labels - (N, H, W) ((N, D, H, W) for volumes) integer noisy training labels."""

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from noisyseg import DataError, Dataset, Split, Splits
 from noisyseg_datasets.masks import apply_map, class_map
-from noisyseg_datasets.stream import stream_splits
+from noisyseg_datasets.stream import file_groups, stream_splits
 from noisyseg_datasets.volumes import common_spacing, cubes, read_volumes, whole
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
@@ -120,8 +120,11 @@ class FolderOptions(BaseModel):
     mask_values: dict[int, int] | None = Field(
         None, description="each mask value's class, e.g. {0: 0, 255: 1}; other values are an error"
     )
-    meta_fraction: float = Field(0.1, ge=0, lt=1, description="when there are no split folders")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="when there are no split folders")
+    meta_fraction: float = Field(0.1, ge=0, lt=1, description="share of the files in the meta "
+                                 "split, when there are no split folders (a file's samples stay "
+                                 "together)")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of the files in the test "
+                                 "split, when there are no split folders")
     split_seed: int = Field(0, description="seed of the train/meta/test cut (not the run's seed)")
     stream: bool = Field(False, description="read the files once into a cache of arrays mapped "
                          "from disk and train from there: memory stays flat however large the set")
@@ -199,16 +202,19 @@ class FolderDataset(Dataset):
                     )
                 yield x, to_mask(m, mask_name), mask_name
 
-    def read_pairs(self, folder: Path, root: Path) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]]]:
+    def read_pairs(self, folder: Path, root: Path
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]], np.ndarray]:
         """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked: images
-        (N, C, H, W) float32, the masks' raw values (N, H, W) int64, and the values each mask file
-        holds (by its name relative to ``root``)."""
-        xs, ys, values = [], [], {}
+        (N, C, H, W) float32, the masks' raw values (N, H, W) int64, the values each mask file
+        holds (by its name relative to ``root``) and each sample's file (N,) (a NIfTI volume's
+        slices share one)."""
+        xs, ys, values, files = [], [], {}, []
         for x, y, mask_name in self.samples(self.pairs(folder), root):
             xs.append(x)
             ys.append(y)
+            files.append(mask_name)
             values.setdefault(mask_name, set()).update(np.unique(y).tolist())
-        return np.stack(xs), np.stack(ys), values
+        return np.stack(xs), np.stack(ys), values, file_groups(files)
 
     def load(self, seed: int) -> Splits:
         o = self.options
@@ -226,12 +232,13 @@ class FolderDataset(Dataset):
             parts = {}
             for name in ("train", "meta", "test"):
                 if (root / name).is_dir():
-                    x, y, held = self.read_pairs(root / name, root)
+                    x, y, held, _ = self.read_pairs(root / name, root)
                     parts[name] = Split(x, y)
                     values.update(held)
         else:
-            x, y, values = self.read_pairs(root, root)
-            parts = {name: Split(x[idx], y[idx]) for name, idx in self.cuts(len(x), root).items()}
+            x, y, values, groups = self.read_pairs(root, root)
+            parts = {name: Split(x[idx], y[idx])
+                     for name, idx in self.cuts(len(x), root, groups).items()}
         if "meta" not in parts:
             train = parts["train"]
             parts["meta"] = Split(train.images[:0], train.masks[:0])
@@ -263,13 +270,28 @@ class FolderDataset(Dataset):
         parts = {name: Split(p.images, apply_map(p.masks, classes)) for name, p in parts.items()}
         return Splits(**parts, num_classes=k, spacing=spacing)
 
-    def cuts(self, n: int, root: Path) -> dict[str, np.ndarray]:
-        """Sample indices of the test, meta and train splits of a folder without split folders."""
+    def cuts(self, n: int, root: Path, groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Sample indices of the test, meta and train splits of a folder without split folders.
+        Whole files go to one split (``groups``: each sample's file; a NIfTI volume's slices are
+        near-copies of each other and must not straddle train and test); a file's samples keep
+        their order, files come in the seed's permuted order."""
         o = self.options
-        order = np.random.default_rng(o.split_seed).permutation(n)
-        n_test = max(1, round(o.test_fraction * n))
-        n_meta = round(o.meta_fraction * n)
-        if n - n_test - n_meta < 1:
-            raise DataError(f"{root}: {n} samples are too few to split into train/meta/test")
-        return {"test": order[:n_test], "meta": order[n_test : n_test + n_meta],
-                "train": order[n_test + n_meta :]}
+        groups = np.arange(n) if groups is None else np.asarray(groups)
+        files, first = np.unique(groups, return_index=True)
+        files = files[np.argsort(first)]  # in reading order
+        order = np.random.default_rng(o.split_seed).permutation(len(files))
+        n_test = max(1, round(o.test_fraction * len(files)))
+        n_meta = round(o.meta_fraction * len(files))
+        if len(files) - n_test - n_meta < 1:
+            what = "samples" if len(files) == n else "files"
+            raise DataError(f"{root}: {len(files)} {what} are too few to split into train/meta/test")
+
+        def samples(chosen: np.ndarray) -> np.ndarray:
+            if len(files) == n:  # one sample per file
+                return chosen
+            parts = [np.flatnonzero(groups == files[f]) for f in chosen]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+        return {"test": samples(order[:n_test]), "meta": samples(order[n_test : n_test + n_meta]),
+                "train": samples(order[n_test + n_meta :])}
+

@@ -66,6 +66,17 @@ def _open(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="c") if array.size else np.load(path)
 
 
+#: changes when the cache's content would change for the same files and options (2: whole files,
+#: not slices, go to one split)
+LAYOUT = 2
+
+
+def file_groups(names: list[str]) -> np.ndarray:
+    """Each sample's file as an integer (N,), from the file name of each sample."""
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(name, len(index)) for name in names], dtype=np.int64)
+
+
 def _key(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Path, Path]]]) -> str:
     options = dataset.options.model_dump(mode="json", include=set(_CONTENT))
     files = []
@@ -74,8 +85,8 @@ def _key(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Path,
             for path in pair:
                 st = path.stat()
                 files.append([str(path.relative_to(root)), st.st_size, st.st_mtime_ns])
-    text = json.dumps({"root": str(root.resolve()), "options": options, "files": files},
-                      sort_keys=True)
+    text = json.dumps({"root": str(root.resolve()), "options": options, "files": files,
+                       "layout": LAYOUT}, sort_keys=True)
     return f"{root.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -102,14 +113,17 @@ def _build(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Pat
     with built_aside(cache) as work:
         raw: dict[str, tuple[int, tuple[int, ...]]] = {}
         values: dict[str, set[int]] = {}
+        names: dict[str, list[str]] = {}  # each sample's mask file, per listing
         total = sum(len(pairs) for pairs in listing.values())
         with tqdm(total=total, desc=f"caching {root.name}", unit="file", leave=False,
                   disable=total < 100) as bar:
             for name, pairs in listing.items():
-                raw[name] = _write_raw(dataset, pairs, root, work / name, values, bar)
+                names[name] = []
+                raw[name] = _write_raw(dataset, pairs, root, work / name, values, bar, names[name])
         classes, k = class_map(values, o.num_classes, o.mask_threshold, o.mask_values)
         if "all" in raw:
-            plan = {split: ("all", idx) for split, idx in dataset.cuts(raw["all"][0], root).items()}
+            plan = {split: ("all", idx) for split, idx in
+                    dataset.cuts(raw["all"][0], root, file_groups(names["all"])).items()}
         else:
             plan = {split: (split, np.arange(raw[split][0] if split in raw else 0)) for split in SPLITS}
         shape = next(s for _, s in raw.values() if s)
@@ -122,14 +136,16 @@ def _build(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Pat
 
 
 def _write_raw(dataset: FolderDataset, pairs: list[tuple[Path, Path]], root: Path, stem: Path,
-               values: dict[str, set[int]], bar: Any) -> tuple[int, tuple[int, ...]]:
-    """Append every sample's image (float32) and raw mask (int64) to two files; (count, shape)."""
+               values: dict[str, set[int]], bar: Any, names: list[str]) -> tuple[int, tuple[int, ...]]:
+    """Append every sample's image (float32) and raw mask (int64) to two files, and its mask
+    file's name to ``names``; (count, shape)."""
     n, shape, done = 0, (), None
     with open(stem.with_suffix(".img"), "wb") as images, open(stem.with_suffix(".msk"), "wb") as masks:
         for x, y, mask_name in dataset.samples(pairs, root):
             images.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
             masks.write(np.ascontiguousarray(y, dtype=np.int64).tobytes())
             values.setdefault(mask_name, set()).update(np.unique(y).tolist())
+            names.append(mask_name)
             n, shape = n + 1, tuple(x.shape)
             if mask_name != done:  # one tick per file (a volume holds several samples)
                 done = mask_name
