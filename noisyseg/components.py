@@ -290,7 +290,9 @@ class LabelCorrector(Component):
     The base class keeps the labels unchanged, so it is a complete 'none' corrector.
     """
 
-    #: the loop calls :meth:`observe` with each batch's class probabilities when True
+    #: the loop calls :meth:`observe` with each batch's class probabilities when True; read on
+    #: the instance at every step after :meth:`setup`, so it may be a property (the same value
+    #: in every process), e.g. True only in the epochs that need the probabilities
     observes_predictions: ClassVar[bool] = False
     #: the loop calls :meth:`observe_weights` with each batch's reweighter weights when True
     observes_weights: ClassVar[bool] = False

@@ -367,9 +367,9 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
     assert got.shape == (3, 16, 16) and got.dtype == torch.int64, (
         f"{cls.name}: labels() gave {tuple(got.shape)} {got.dtype}, expected (3, 16, 16) int64"
     )
-    if cls.observes_weights:
+    if corrector.observes_weights:  # read after setup, as the loop does (may be a property)
         corrector.observe_weights(index, torch.rand(3, 16, 16) * 2)
-    if cls.observes_predictions:
+    if corrector.observes_predictions:
         probs = torch.softmax(torch.randn(3, 2, 16, 16), dim=1)
         corrector.observe(index, probs)
     metrics = corrector.end_epoch(0)

@@ -143,6 +143,21 @@ def test_recovery_is_measured_on_the_none_to_clean_gap() -> None:
     assert math.isnan(acc.recovery(rows, "d", 0.4, "mcpm")[0])
 
 
+def test_best_is_ranked_among_the_methods_run_at_both_rates() -> None:
+    acc = _accuracy_module()
+    dice = {("clean", 0.0): 0.9, ("none", 0.4): 0.7, ("none", 0.8): 0.5,
+            ("a", 0.4): 0.76, ("a", 0.8): 0.8,       # recovery 0.3 / 0.75
+            ("b", 0.4): 0.78, ("b", 0.8): 0.55,      # recovery 0.4 / 0.125: better at 0.4 only
+            ("mcpm", 0.4): 0.9}                       # r = 0.4 only, recovery 1.0
+    rows = [{"dataset": "d", "rate": r, "method": m, "seed": s, "dice": v}
+            for (m, r), v in dice.items() for s in (0, 1)]
+    for row in rows:
+        row["method"] = {"a": "relabel", "b": "gce"}.get(row["method"], row["method"])
+    assert acc.headline(rows, ["d"]).startswith("best=relabel recovery_r04=0.300 recovery_r08=0.750")
+    only_04 = [r for r in rows if r["rate"] != 0.8]
+    assert acc.headline(only_04, ["d"]).startswith("best=mcpm")
+
+
 def test_a_fine_tune_method_runs_after_the_run_it_starts_from() -> None:
     acc = _accuracy_module()
     runs = acc.plan(["d"], [0.4], [0], ["relabel_finetune", "finetune"])

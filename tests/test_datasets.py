@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noisyseg import ConfigError, DataError, Registry
+from noisyseg import ConfigError, DataError, DataWarning, Registry
 from noisyseg.config import parse_assignment
 from tests.conftest import write_folder_dataset
 
@@ -94,6 +94,13 @@ def test_the_slices_of_one_nifti_volume_stay_in_one_split(registry: Registry, tm
     assert [len(volumes[n]) for n in ("train", "meta", "test")] == [3, 1, 1]
     assert not (volumes["train"] & volumes["test"]) and not (volumes["meta"] & volumes["test"])
     assert (len(s.train), len(s.meta), len(s.test)) == (18, 6, 6)
+
+
+def test_too_few_files_for_a_meta_split_are_said(registry: Registry, tmp_path: Path) -> None:
+    write_folder_dataset(tmp_path / "r", n=4)
+    with pytest.warns(DataWarning, match="leaves the meta split empty"):
+        s = registry.build("dataset", "folder", {"root": str(tmp_path / "r")}).load(0)
+    assert len(s.meta) == 0
 
 
 def test_folder_with_split_subfolders(registry: Registry, tmp_path: Path) -> None:

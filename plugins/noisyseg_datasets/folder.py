@@ -2,7 +2,7 @@
 
 Layout (``root`` is required)::
 
-    root/images/case01.png   root/masks/case01.png      one split, cut by meta/test_fraction
+    root/images/case01.png   root/masks/case01.png      one folder, cut by meta/test_fraction of files
     root/train/images/...    root/train/masks/...      or explicit splits: train, test, meta
     root/test/...            root/meta/...             (meta is optional)
 
@@ -21,6 +21,7 @@ number of images.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -28,7 +29,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from noisyseg import DataError, Dataset, Split, Splits
+from noisyseg import DataError, Dataset, DataWarning, Split, Splits
 from noisyseg_datasets.masks import apply_map, class_map
 from noisyseg_datasets.stream import file_groups, stream_splits
 from noisyseg_datasets.volumes import common_spacing, cubes, read_volumes, whole
@@ -277,20 +278,27 @@ class FolderDataset(Dataset):
         their order, files come in the seed's permuted order."""
         o = self.options
         groups = np.arange(n) if groups is None else np.asarray(groups)
-        files, first = np.unique(groups, return_index=True)
-        files = files[np.argsort(first)]  # in reading order
+        members: dict[int, list[int]] = {}  # each file's samples, files in reading order
+        for i, g in enumerate(groups.tolist()):
+            members.setdefault(g, []).append(i)
+        files = list(members.values())
         order = np.random.default_rng(o.split_seed).permutation(len(files))
         n_test = max(1, round(o.test_fraction * len(files)))
         n_meta = round(o.meta_fraction * len(files))
         if len(files) - n_test - n_meta < 1:
-            what = "samples" if len(files) == n else "files"
-            raise DataError(f"{root}: {len(files)} {what} are too few to split into train/meta/test")
+            what = "samples" if len(files) == n else "files (a volume's slices stay together)"
+            raise DataError(f"{root}: {len(files)} {what} are too few to split into train/meta/test; "
+                            "put the splits in train/, test/ (and meta/) folders instead")
+        if o.meta_fraction > 0 and n_meta == 0:
+            warnings.warn(f"dataset 'folder': meta_fraction {o.meta_fraction} of {len(files)} "
+                          f"{'files' if len(files) < n else 'samples'} leaves the meta split "
+                          "empty; raise it or give a meta/ folder", DataWarning, stacklevel=3)
 
         def samples(chosen: np.ndarray) -> np.ndarray:
             if len(files) == n:  # one sample per file
                 return chosen
-            parts = [np.flatnonzero(groups == files[f]) for f in chosen]
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            parts = [files[f] for f in chosen]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
         return {"test": samples(order[:n_test]), "meta": samples(order[n_test : n_test + n_meta]),
                 "train": samples(order[n_test + n_meta :])}

@@ -67,7 +67,8 @@ def _open(path: Path) -> np.ndarray:
 
 
 #: changes when the cache's content would change for the same files and options (2: whole files,
-#: not slices, go to one split)
+#: not slices, go to one split; in the key of a folder without split folders holding NIfTI files,
+#: the only layout it changed)
 LAYOUT = 2
 
 
@@ -85,8 +86,12 @@ def _key(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Path,
             for path in pair:
                 st = path.stat()
                 files.append([str(path.relative_to(root)), st.st_size, st.st_mtime_ns])
-    text = json.dumps({"root": str(root.resolve()), "options": options, "files": files,
-                       "layout": LAYOUT}, sort_keys=True)
+    key = {"root": str(root.resolve()), "options": options, "files": files}
+    volumes = any(p.name.lower().endswith((".nii", ".nii.gz"))
+                  for pair in listing.get("all", []) for p in pair)
+    if volumes:  # only their split changed with LAYOUT 2: other caches stay valid
+        key["layout"] = LAYOUT
+    text = json.dumps(key, sort_keys=True)
     return f"{root.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
