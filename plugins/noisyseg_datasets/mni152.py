@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from noisyseg import DataError, Dataset, Split, Splits
+from noisyseg_datasets.volumes import VolumeDefaults
 
 FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 
@@ -45,12 +46,10 @@ def load_volumes() -> dict[str, np.ndarray]:
     return out
 
 
-#: the defaults that differ for volumes (dims = 3), where the option is not given
-VOLUME_DEFAULTS = {"patch": 24, "stride": 12}
-
-
-class MNIOptions(BaseModel):
+class MNIOptions(VolumeDefaults):
     model_config = ConfigDict(extra="forbid")
+    #: the defaults that differ for volumes (dims = 3), where the option is not given
+    VOLUME_DEFAULTS: ClassVar[dict[str, Any]] = {"patch": 24, "stride": 12}
     dims: Literal[2, 3] = Field(2, description="2: axial slices cut into square patches; 3: cubic "
                                                "3-D patches of the volume (defaults patch 24, "
                                                "stride 12)")
@@ -63,13 +62,6 @@ class MNIOptions(BaseModel):
     test_fraction: float = Field(0.3, gt=0, lt=1, description="share of slice blocks in the test split")
     min_foreground: float = Field(0.05, ge=0, le=1, description="drop patches with less foreground")
     split_seed: int = Field(0, description="seed of the block-wise split (not the run's seed)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _volume_defaults(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("dims") == 3:
-            return {**VOLUME_DEFAULTS, **data}
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> MNIOptions:

@@ -10,20 +10,20 @@ star-shaped 3-D lesions.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from scipy import ndimage
 
 from noisyseg import Dataset, Split, Splits
-
-#: the defaults that differ for volumes (dims = 3), where the option is not given
-VOLUME_DEFAULTS = {"size": 32, "min_radius": 3.0, "max_radius": 7.0}
+from noisyseg_datasets.volumes import VolumeDefaults
 
 
-class SyntheticOptions(BaseModel):
+class SyntheticOptions(VolumeDefaults):
     model_config = ConfigDict(extra="forbid")
+    #: the defaults that differ for volumes (dims = 3), where the option is not given
+    VOLUME_DEFAULTS: ClassVar[dict[str, Any]] = {"size": 32, "min_radius": 3.0, "max_radius": 7.0}
     dims: Literal[2, 3] = Field(2, description="2: square patches; 3: cubic volumes with 3-D "
                                                "lesions (defaults size 32, radii 3-7)")
     size: int = Field(64, ge=16, le=1024, description="patch side (px)")
@@ -37,13 +37,6 @@ class SyntheticOptions(BaseModel):
     blur: tuple[float, float] = Field((0.6, 1.4), description="edge blur sigma range (px)")
     noise_std: float = Field(0.06, ge=0, description="standard deviation of the image noise")
     data_seed: int = Field(0, description="seed of the images themselves (the run seed does not change them)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _volume_defaults(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("dims") == 3:
-            return {**VOLUME_DEFAULTS, **data}
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticOptions:

@@ -14,15 +14,30 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, model_validator
 
 from noisyseg import DataError, Split
 from noisyseg.window import starts
 
 if TYPE_CHECKING:
     from noisyseg_datasets.folder import FolderDataset
+
+class VolumeDefaults(BaseModel):
+    """Options of a dataset whose defaults differ for volumes: with ``dims = 3`` the options not
+    given take their value from the class's ``VOLUME_DEFAULTS``."""
+
+    VOLUME_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _volume_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("dims") == 3:
+            return {**cls.VOLUME_DEFAULTS, **data}
+        return data
+
 
 #: voxel sizes that differ by less than this (mm) count as equal
 SPACING_TOLERANCE = 1e-3
