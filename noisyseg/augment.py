@@ -32,6 +32,11 @@ INTENSITY = ("brightness_contrast", "gamma", "noise")
 _REFLECT_101 = 4  # cv2.BORDER_REFLECT_101: the border mirrors the image, so no pixel is made up
 
 
+def enabled(cfg: AugmentConfig) -> list[str]:
+    """The transforms the ``augment`` section turns on (probability > 0), geometric first."""
+    return [name for name in (*GEOMETRIC, *INTENSITY) if getattr(cfg, name) > 0]
+
+
 @dataclass
 class Augmented:
     """A transformed batch.
@@ -52,7 +57,7 @@ class Augmenter:
 
     def __init__(self, cfg: AugmentConfig, seed: int) -> None:
         self.cfg, self.seed = cfg, seed
-        on = {name for name in (*GEOMETRIC, *INTENSITY) if getattr(cfg, name) > 0}
+        on = set(enabled(cfg))
         self.active = bool(on)
         self.moves_pixels = bool(on & set(GEOMETRIC))
         #: True when every pixel goes to exactly one place (no affine, no elastic)

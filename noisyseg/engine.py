@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from noisyseg import distributed, rundir
-from noisyseg.augment import GEOMETRIC, INTENSITY
+from noisyseg.augment import GEOMETRIC, ONE_TO_ONE, enabled
 from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Splits
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
@@ -97,7 +97,7 @@ def with_options(config: Config, parts: Components) -> Config:
 def check_augment(config: Config, parts: Components) -> None:
     """A corrector that keeps the reweighter's weights pixel by pixel needs each augmented pixel
     to come from exactly one original pixel: flips and 90-degree turns, not affine or elastic."""
-    moved = [name for name in ("affine", "elastic") if getattr(config.augment, name) > 0]
+    moved = [name for name in enabled(config.augment) if name in GEOMETRIC and name not in ONE_TO_ONE]
     if moved and parts.corrector.observes_weights:
         raise ConfigError(
             f"corrector '{config.corrector.name}' keeps the reweighter's weights pixel by pixel, "
@@ -122,7 +122,7 @@ def check_volumes(config: Config, parts: Components, splits: Splits) -> None:
                 f"data; pick a {key} that handles volumes (e.g. --{key} "
                 f"{'unet' if key == 'backbone' else 'dilation'})"
             )
-    on = [name for name in (*GEOMETRIC, *INTENSITY) if getattr(config.augment, name) > 0]
+    on = enabled(config.augment)
     if on:
         raise ConfigError(f"dataset '{config.dataset.name}' gives {dims}-D volumes; the augment "
                           f"section's transforms are 2-D: turn them off for volumes (augment.{on[0]} = 0)")
