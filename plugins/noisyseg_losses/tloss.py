@@ -63,13 +63,6 @@ class TLoss(Loss):
     def parameters(self) -> list[nn.Parameter]:
         return [self.log_nu] if self.options.learn_nu else []
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"log_nu": self.log_nu.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.log_nu.copy_(state["log_nu"])
-
     @property
     def nu(self) -> float:
         return float(self.log_nu.detach().exp()) + self.options.eps
