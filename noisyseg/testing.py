@@ -52,29 +52,18 @@ def tiny_run_config(**overrides: Any) -> dict[str, Any]:
     return merge(base, overrides)
 
 
-def random_masks(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
-    """A few blob-like integer masks (n, size, size) for contract checks."""
+def random_masks(n: int, size: int, num_classes: int, seed: int = 0, dims: int = 2) -> np.ndarray:
+    """A few blob-like integer masks (n, size, size) for contract checks; with ``dims = 3``
+    ball-shaped volumes (n, size, size, size)."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    masks = np.zeros((n, size, size), dtype=np.int64)
+    grid = np.indices((size,) * dims)
+    masks = np.zeros((n, *(size,) * dims), dtype=np.int64)
     for i in range(n):
         for c in range(1, num_classes):
-            cy, cx = rng.uniform(size * 0.25, size * 0.75, size=2)
+            centre = rng.uniform(size * 0.25, size * 0.75, size=dims)
             r = rng.uniform(size * 0.1, size * 0.25)
-            masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
-    return masks
-
-
-def random_volumes(n: int, size: int, num_classes: int, seed: int = 0) -> np.ndarray:
-    """A few ball-shaped integer masks (n, size, size, size) for contract checks on volumes."""
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[:size, :size, :size]
-    masks = np.zeros((n, size, size, size), dtype=np.int64)
-    for i in range(n):
-        for c in range(1, num_classes):
-            cz, cy, cx = rng.uniform(size * 0.25, size * 0.75, size=3)
-            r = rng.uniform(size * 0.15, size * 0.3)
-            masks[i][(zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = c
+            distance2 = sum((g - x) ** 2 for g, x in zip(grid, centre, strict=True))
+            masks[i][distance2 <= r * r] = c
     return masks
 
 
@@ -152,7 +141,7 @@ def check_noise_model(cls: type[NoiseModel], options: dict[str, Any] | None = No
     for num_classes in (2, 3):
         masks = list(random_masks(4, 48, num_classes, seed=num_classes))
         if 3 in cls.spatial_dims:
-            masks += list(random_volumes(2, 20, num_classes, seed=num_classes))
+            masks += list(random_masks(2, 20, num_classes, seed=num_classes, dims=3))
         for mask in masks:
             before = mask.copy()
             a = noise.corrupt(mask.copy(), np.random.default_rng(7), num_classes)
@@ -351,7 +340,7 @@ def check_loss(cls: type[Loss], options: dict[str, Any] | None = None) -> None:
         assert torch.allclose(loss(logits, labels), fresh(logits, labels), atol=1e-6), (
             f"{cls.name}: a fresh instance loaded with state_dict() gives another map")
         volume = torch.randn(2, out_channels(classes), 6, 6, 6, requires_grad=True)
-        got = loss(volume, torch.from_numpy(random_volumes(2, 6, classes, seed=classes)))
+        got = loss(volume, torch.from_numpy(random_masks(2, 6, classes, seed=classes, dims=3)))
         assert got.shape == (2, 6, 6, 6) and torch.isfinite(got).all(), (
             f"{cls.name}: volumes (N, K, D, H, W) must give a finite (N, D, H, W) map, got "
             f"{tuple(got.shape)}")
