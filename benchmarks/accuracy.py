@@ -6,7 +6,7 @@
 
 Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) - Dice(none)):
 0 is plain training on the noisy labels, 1 is training on the clean labels. A plain run takes
-:data:`DEFAULT_METHODS` (about 30 minutes on 2 cores); ``--methods`` names others. The methods:
+:data:`DEFAULT_METHODS` (about 36 minutes on 2 cores); ``--methods`` names others. The methods:
 
 - ``clean``: the clean-label ceiling (noise rate 0; the meta images are training images too);
 - ``none``: plain training on the noisy labels, with the clean meta images added to the training
@@ -52,7 +52,19 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   were the best at r = 0.4 and whose seed 2 collapsed?). Run when named;
 - ``clslsr``: confident learning + spatial label smoothing (Zhang et al. 2020, PyMIC's CLSLSR):
   cleanlab flags label errors after half the epochs, flagged pixels then train on 0.75 / 0.25
-  labels. Default options. Run when named.
+  labels. Default options. Run when named;
+- ``oracle_images``: the oracle dropping every pixel of a mask with any wrong label (``per =
+  image``): the ceiling of choosing whole images. Run when named;
+- ``<method>_calib`` (``none_calib``, ``oracle_calib``): the method with the meta images kept
+  out of training and ``train.calibrate`` on them (the decision moved to where the clean meta
+  images' Dice is best; noisyseg/calibration.py); ``oracle_calib`` is a ceiling. Run when named.
+  The ``best_dice`` column of every calibrated run is of its network without the offsets (the
+  per-epoch scores); ``dice_uncalibrated`` in the run's metrics.json gives the final one;
+- ``<method>_cal25`` (``none_cal25``, ``finetune_cal25``, ``relabel_cal25``,
+  ``relabel_finetune_cal25``): the method with a quarter of the meta images set aside
+  (``train.calibration_share = 0.25``, the same images for a fine-tune and the run it starts
+  from) and calibrated on them; the rest of the meta images are used as the method uses them.
+  The share was chosen before any result was seen. Run when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -76,23 +88,29 @@ from typing import Any
 from grid import append_row, read_rows  # the results CSV, as the grid writes it (benchmarks/)
 
 import noisyseg
+from noisyseg.calibration import aside_count
 from noisyseg.config import merge
 from noisyseg.metrics import best_epoch_dice
 
 HERE = Path(__file__).resolve().parent
-CEILINGS = ("clean", "oracle", "oracle_balanced")
+CEILINGS = ("clean", "oracle", "oracle_balanced", "oracle_images", "oracle_calib")
 BASELINES = ("none", "none_nometa", "none_select", "finetune", "none_aug")
 METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_balanced", "finetune",
            "adele", "gce", "mcpm", "relabel", "relabel_select", "relabel_detect", "none_aug",
            "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30", "tloss", "nrdice",
-           "relabel_tloss", "clslsr", "relabel_finetune", "relabel_detect_finetune")
+           "relabel_tloss", "clslsr", "relabel_finetune", "relabel_detect_finetune", "oracle_images",
+           "none_calib", "oracle_calib", "none_cal25", "finetune_cal25",
+           "relabel_cal25", "relabel_finetune_cal25")
 #: what a plain ``python benchmarks/accuracy.py`` runs: the ceilings (clean, oracle), the baselines
-#: (none, finetune), mcpm and the best method so far (relabel_finetune, and the relabel run it
-#: continues), about 30 minutes on the CPU preset; every other method runs when named in --methods
-DEFAULT_METHODS = ("clean", "none", "oracle", "finetune", "mcpm", "relabel", "relabel_finetune")
+#: (none, finetune), mcpm, the best method so far (finetune_cal25, and the none_cal25 run it
+#: continues) and the best at r = 0.8 (relabel_finetune, and the relabel run it continues), about
+#: 36 minutes on the CPU preset; every other method runs when named in --methods
+DEFAULT_METHODS = ("clean", "none", "oracle", "finetune", "mcpm", "relabel", "relabel_finetune",
+                   "none_cal25", "finetune_cal25")
 #: a fine-tune method and the run whose trained weights it starts from
 FINETUNED = {"finetune": "none", "relabel_finetune": "relabel",
-             "relabel_detect_finetune": "relabel_detect"}
+             "relabel_detect_finetune": "relabel_detect", "finetune_cal25": "none_cal25",
+             "relabel_finetune_cal25": "relabel_cal25"}
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -142,6 +160,12 @@ COLUMNS = ["dataset", "rate", "method", "seed", "dice", "best_dice", "auroc", "a
 
 def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> dict[str, Any]:
     """What ``method`` adds to the preset's base config."""
+    if method.endswith("_cal25"):  # a quarter of the meta images set aside, calibrated on them
+        calib = {"train": {"calibrate": True, "calibration_share": 0.25}}
+        return merge(method_config(method.removesuffix("_cal25"), base, none_dir), calib)
+    if method.endswith("_calib"):  # the method, meta images held out, calibrated on them
+        calib = {"train": {"train_on_meta": False, "calibrate": True}}
+        return merge(method_config(method.removesuffix("_calib"), base, none_dir), calib)
     if method == "none_nometa":
         return {"train": {"train_on_meta": False}}
     if method == "none_select":
@@ -160,6 +184,8 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
                 "train": {"select_on_meta": True}}
     if method == "oracle":
         return {"reweighter": {"name": "oracle"}}
+    if method == "oracle_images":
+        return {"reweighter": {"name": "oracle", "options": {"per": "image"}}}
     if method == "oracle_balanced":
         return {"reweighter": {"name": "oracle", "options": {"balance": True}}}
     if method == "adele":
@@ -213,7 +239,11 @@ def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed
     run_dir = out / "runs" / f"{dataset}-r{rate:g}-{method}-s{seed}"
     config = merge(base, method_config(method, base, none_dir))
     if method in FINETUNED:
-        ft = finetune_epochs(base, split_sizes(preset["datasets"][dataset], sizes, dataset))
+        n_train, n_meta = split_sizes(preset["datasets"][dataset], sizes, dataset)
+        share = config["train"].get("calibration_share")
+        if share:  # the meta images set aside for calibration are not fine-tuned on
+            n_meta -= aside_count(n_meta, share)
+        ft = finetune_epochs(base, (n_train, n_meta))
         config = merge(config, {"train": {"epochs": ft}})
     config = merge(config, {
         "seed": seed, "dataset": preset["datasets"][dataset],

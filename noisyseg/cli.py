@@ -183,6 +183,12 @@ def _report(m: dict[str, Any], run_dir: Path) -> None:
         f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} {unit}  "
         f"HD95 {m['hd95']:.2f} {unit}  ({m['epochs']} epochs, {m['seconds']:.0f} s)"
     )
+    if "dice_uncalibrated" in m:  # train.calibrate
+        offsets = ", ".join(f"{v:+.1f}" for k, v in m.items() if k.startswith("calibration_offset"))
+        n = int(m["calibration_images"])
+        click.echo(f"calibrated on {n} meta image{'s' * (n != 1)} (offset {offsets}): "
+                   f"their Dice {m['meta_dice_uncalibrated']:.4f} -> {m['meta_dice_calibrated']:.4f} "
+                   f"(fitted), test Dice {m['dice_uncalibrated']:.4f} without it")
     before, after = m["train_label_error_initial"], m["train_label_error_final"]
     if before != after:
         click.echo(f"training labels: {before:.2%} of pixels wrong at the start, {after:.2%} at the end")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from noisyseg.errors import ConfigError
 from noisyseg.kinds import KINDS
@@ -85,6 +85,19 @@ class TrainConfig(_Section):
         description="keep the epoch whose Dice on the clean meta split is best (early stopping on "
         "clean labels); needs train_on_meta = false, so the meta images are not trained on",
     )
+    calibrate: bool = Field(
+        False,
+        description="after training, add to each class's log-probability the offset that "
+        "maximises the Dice of the clean meta split (moves the decision that systematic noise "
+        "biases, e.g. masks drawn too large); needs train_on_meta = false, or calibration_share",
+    )
+    calibration_share: float | None = Field(
+        None, gt=0, lt=1,
+        description="with calibrate: set this share of the meta split (at least one image, drawn "
+        "from the seed) aside for the calibration alone; the rest may then be trained on "
+        "(train_on_meta, meta_only, a meta reweighter). Default: calibrate on the whole meta "
+        "split, kept out of training",
+    )
     init_from: Path | None = Field(
         None,
         description="start from the network weights of this run directory (or checkpoint.pt); "
@@ -106,6 +119,13 @@ class TrainConfig(_Section):
         description="score the test split every N epochs and at the last (the curves, the "
         "progress bar); 0: only once, after training (faster on large test splits)",
     )
+
+    @model_validator(mode="after")
+    def _share_needs_calibrate(self) -> TrainConfig:
+        if self.calibration_share is not None and not self.calibrate:
+            raise ValueError("calibration_share sets meta images aside for the calibration, but "
+                             "calibrate is false: set train.calibrate = true, or drop calibration_share")
+        return self
 
 
 def _p(what: str) -> Any:

@@ -19,7 +19,8 @@ from torch import nn
 
 from noisyseg import distributed, rundir
 from noisyseg.augment import GEOMETRIC, ONE_TO_ONE, enabled
-from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Splits
+from noisyseg.calibration import fingerprint, hold_out
+from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Split, Splits
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
 from noisyseg.datacache import load_splits
@@ -40,6 +41,8 @@ class RunResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]]
     config: Config
+    #: the trained network; with ``train.calibrate`` a :class:`~noisyseg.calibration.Calibrated`
+    #: that adds the offsets to its logits (the bare network is its ``net``)
     model: nn.Module = field(repr=False)
     #: the trained reweighter and corrector (``corrector.store`` holds the final training labels)
     #: and the loss; None when the run trained in other processes (``nproc``)
@@ -126,6 +129,29 @@ def check_volumes(config: Config, parts: Components, splits: Splits) -> None:
     if on:
         raise ConfigError(f"dataset '{config.dataset.name}' gives {dims}-D volumes; the augment "
                           f"section's transforms are 2-D: turn them off for volumes (augment.{on[0]} = 0)")
+
+
+def check_calibration(cfg: Config, needs_meta: bool, aside: Split | None,
+                      start: dict[str, Any] | None) -> None:
+    """train.calibrate must fit on meta images no network of the run has learned from: not meta
+    batches of a meta reweighter, not images the run it starts from (init_from) trained on. With
+    calibration_share, the start run must have set the same images aside (same fingerprint)."""
+    if not cfg.train.calibrate:
+        return
+    if aside is None and needs_meta:
+        raise ConfigError(
+            f"train.calibrate fits its offsets to the clean meta images, and reweighter "
+            f"'{cfg.reweighter.name}' learns its weights from them: set train.calibration_share "
+            "(e.g. 0.25) to set some meta images aside for the calibration alone")
+    if start is None:
+        return
+    mine = fingerprint(aside) if aside is not None else None
+    if mine is None or start.get("calibration_aside") != mine:
+        raise ConfigError(
+            f"train.calibrate with train.init_from: the run in {cfg.train.init_from} may have "
+            "trained on the meta images this run calibrates on; give both runs train.calibrate = "
+            "true and the same train.calibration_share, seed and dataset, so they set the same "
+            "images aside")
 
 
 def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
@@ -221,6 +247,13 @@ def _run_here(
         check_splits(splits, cfg.dataset.name)
     check_volumes(cfg, parts, splits)
     needs_meta = parts.reweighter.needs_meta_batch
+    calibration = None  # train.calibration_share: meta images set aside for the calibration alone
+    if cfg.train.calibration_share is not None:
+        splits, calibration = hold_out(splits, cfg.train.calibration_share, cfg.seed)
+    start = None  # train.init_from: the checkpoint the run starts from
+    if cfg.train.init_from is not None and checkpoint is None:
+        start = rundir.load_start(Path(cfg.train.init_from))
+    check_calibration(cfg, needs_meta, calibration, start)
     if needs_meta and len(splits.meta) == 0:
         raise ConfigError(
             f"reweighter '{cfg.reweighter.name}' needs a clean meta set, but dataset "
@@ -229,13 +262,17 @@ def _run_here(
     if cfg.train.batch_size % world.size:
         raise ConfigError(_batch_share_error(cfg.train.batch_size, world.size))
     include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
-    if cfg.train.select_on_meta and (include_meta or cfg.train.meta_only or not len(splits.meta)):
-        raise ConfigError(
-            "train.select_on_meta scores every epoch on the clean meta images, so they must not be "
-            "training images: set train.train_on_meta=false (and not train.meta_only)"
-            if len(splits.meta) else
-            f"train.select_on_meta needs a meta split, and dataset '{cfg.dataset.name}' has none"
-        )
+    for option, does in (("select_on_meta", "scores every epoch on"), ("calibrate", "fits its offsets to")):
+        if option == "calibrate" and calibration is not None:
+            continue  # its images are set aside: the rest of the meta split may be trained on
+        if getattr(cfg.train, option) and (include_meta or cfg.train.meta_only or not len(splits.meta)):
+            raise ConfigError(
+                f"train.{option} {does} the clean meta images, so they must not be training "
+                "images: set train.train_on_meta=false (and not train.meta_only)"
+                + (", or set train.calibration_share" if option == "calibrate" else "")
+                if len(splits.meta) else
+                f"train.{option} needs a meta split, and dataset '{cfg.dataset.name}' has none"
+            )
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
                             cfg.train.meta_only)
     if world.is_main and checkpoint is None:
@@ -250,9 +287,9 @@ def _run_here(
 
     model = build_model()
     pixel_noise_rate = train.noise_rate
-    if cfg.train.init_from is not None and checkpoint is None:
+    if start is not None:
         try:
-            model.load_state_dict(rundir.load_weights(Path(cfg.train.init_from)))
+            model.load_state_dict(rundir.start_weights(start))
         except RuntimeError as exc:
             raise ConfigError(f"train.init_from: the weights in {cfg.train.init_from} do not fit "
                               f"this backbone ({str(exc).splitlines()[0]})") from None
@@ -292,7 +329,7 @@ def _run_here(
     )
 
     loop = Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir,
-                world)
+                world, calibration, fingerprint(calibration) if calibration is not None else None)
     if checkpoint is not None:
         loop.restore(checkpoint)
     elif world.is_main:
@@ -313,7 +350,7 @@ def _run_here(
                          f"--resume {run_dir}" if kept else "no epoch had finished, nothing was kept")
         raise
     world.barrier()
-    return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=model,
+    return RunResult(run_dir=run_dir, metrics=final, history=history, config=cfg, model=loop.predictor,
                      reweighter=parts.reweighter, corrector=parts.corrector, loss=parts.loss)
 
 

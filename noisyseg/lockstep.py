@@ -20,13 +20,20 @@ def run_in_processes(nproc: int, config: dict[str, Any]) -> list[dict[str, Any]]
     return spawn(nproc, _process_state, config)
 
 
+def bare(model: Any) -> Any:
+    """The network without calibration offsets (rank 0 returns it wrapped with train.calibrate)."""
+    from noisyseg.calibration import Calibrated
+
+    return model.net if isinstance(model, Calibrated) else model
+
+
 def _process_state(config: dict[str, Any]) -> dict[str, Any]:
     from noisyseg.engine import run
 
     result = run(config, progress=False)
     assert result.reweighter is not None and result.corrector is not None
     return {
-        "params": {k: p.detach().clone() for k, p in result.model.named_parameters()},
+        "params": {k: p.detach().clone() for k, p in bare(result.model).named_parameters()},
         "reweighter": result.reweighter.state_dict(),
         "labels": result.corrector.store.clone(),
         "metrics": result.metrics,

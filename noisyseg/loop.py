@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,12 @@ from tqdm.auto import tqdm
 
 from noisyseg import figures, rundir
 from noisyseg.augment import Augmenter, to_original
-from noisyseg.components import Components, Splits
+from noisyseg.calibration import Calibrated, fit_offsets
+from noisyseg.components import Components, Split, Splits
 from noisyseg.config import Config
 from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
 from noisyseg.distributed import World
-from noisyseg.errors import CheckpointError, NumericalError
+from noisyseg.errors import CheckpointError, DataWarning, NumericalError
 from noisyseg.losses import class_probs
 from noisyseg.metrics import detection_auroc, image_table, summarise
 from noisyseg.scratch import CHUNK, as_tensor, chunks
@@ -114,6 +116,8 @@ class Loop:
         device: torch.device,
         run_dir: Path,
         world: World | None = None,
+        calibration: Split | None = None,
+        calibration_aside: str | None = None,
     ) -> None:
         self.cfg, self.parts, self.pm = cfg, parts, pm
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -129,6 +133,14 @@ class Loop:
         self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
         #: with train.select_on_meta: the epoch with the best meta-split Dice and its weights
         self.best: dict[str, Any] | None = None
+        #: what predicts once training is done: the model, or with train.calibrate the model with
+        #: its calibration offsets (set by :meth:`finish`)
+        self.predictor: nn.Module = model
+        #: the clean images the calibration fits on: those set aside, or the meta split
+        self.calibration = calibration if calibration is not None else splits.meta
+        #: the fingerprint of the meta images set aside (train.calibration_share), or None: kept
+        #: in the checkpoint so a fine-tune starting here can check it sets the same ones aside
+        self.calibration_aside = calibration_aside
         self._before: torch.Tensor | None = None  # the labels at the start of the epoch
 
     def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> torch.Tensor:
@@ -292,13 +304,16 @@ class Loop:
             "label_change_precision": right / n if n else math.nan,
         }
 
-    def _evaluate(self, distances: bool, split: str = "test") -> dict[str, float]:
-        """Metrics of a split, predicted and scored a chunk of images at a time."""
+    def _evaluate(self, distances: bool, split: str = "test",
+                  model: nn.Module | None = None) -> dict[str, float]:
+        """Metrics of a split, predicted (by ``model``, default the one training) and scored a
+        chunk of images at a time."""
         data = getattr(self.splits, split)
         k = self.splits.num_classes
         window = tuple(self.train_set.images.shape[2:])  # larger test images: sliding window
         per_chunk = max(1, _CHUNK_PIXELS // int(np.prod(data.images.shape[2:])))  # volumes: fewer
-        table = [image_table(predict_all(self.model, as_tensor(np.ascontiguousarray(data.images[p])),
+        table = [image_table(predict_all(model or self.model,
+                                         as_tensor(np.ascontiguousarray(data.images[p])),
                                          self.device, window=window),
                              np.asarray(data.masks[p]), k, distances, spacing=self.splits.spacing)
                  for p in chunks(len(data), min(per_chunk, CHUNK))]
@@ -331,6 +346,7 @@ class Loop:
             "rng": rundir.rng_state(),
             "history": self.history,
             "best": self.best,
+            "calibration_aside": self.calibration_aside,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -370,7 +386,11 @@ class Loop:
         if self.best is not None:  # train.select_on_meta: the best epoch's weights, not the last's
             self.model.load_state_dict(self.best["model"])
             selected = {"selected_epoch": self.best["epoch"], "meta_dice": self.best["dice"]}
-        final = self._evaluate(distances=True)
+        if self.cfg.train.calibrate:
+            selected.update(self._calibrate())
+        final = self._evaluate(distances=True, model=self.predictor)
+        if self.cfg.train.calibrate:  # what the offsets changed: the same model without them
+            selected["dice_uncalibrated"] = self._evaluate(distances=False)["dice"]
         last = self.history[-1] if self.history else {}
         final = {
             **final,
@@ -386,11 +406,40 @@ class Loop:
         rundir.write_final(self.run_dir, final)
         figures.save_curves(self.run_dir / rundir.CURVES, self.history)
         if self.cfg.output.figure_images:
-            rows = figures.example_rows(self.model, self.train_set, self.splits.test,
+            rows = figures.example_rows(self.predictor, self.train_set, self.splits.test,
                                         self.cfg.output.figure_images, self.device,
                                         self._preview_weights)
             figures.save_examples(self.run_dir / rundir.EXAMPLES, rows, self.splits.num_classes)
         return final
+
+    def _calibrate(self) -> dict[str, float]:
+        """Fit the calibration offsets on the clean meta images (train.calibrate: the meta split,
+        or the share of it set aside); the predictor becomes the model with them. Returns the
+        offsets and those images' Dice before and after."""
+        k = self.splits.num_classes
+        images, masks = self.calibration.images, np.asarray(self.calibration.masks)
+        batch = 64 if images.ndim == 4 else 4  # images, or volumes (as predict_all)
+
+        def logits_of(i: int) -> torch.Tensor:
+            return self.model(as_tensor(np.ascontiguousarray(images[i : i + batch])).to(self.device))
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = torch.cat([logits_of(i).float().cpu() for i in range(0, len(images), batch)])
+        finally:
+            self.model.train(was_training)
+        offsets, before, after = fit_offsets(logits, masks, k)
+        if before != before:
+            warnings.warn(f"train.calibrate: the {len(images)} meta images it fits on hold no "
+                          "foreground, so there is nothing to calibrate on; the offsets stay 0",
+                          DataWarning, stacklevel=2)
+        self.predictor = Calibrated(self.model, torch.from_numpy(offsets)).to(self.device)
+        named = ({"calibration_offset": float(offsets[1] - offsets[0])} if k == 2 else
+                 {f"calibration_offset_class{c}": float(offsets[c]) for c in range(k)})
+        return {**named, "meta_dice_uncalibrated": before, "meta_dice_calibrated": after,
+                "calibration_images": float(len(images))}
 
     def save_augmented(self, draws: int = 4) -> None:
         """augment.png, before training starts (rank 0; only when the config augments)."""

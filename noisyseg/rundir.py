@@ -93,8 +93,11 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 #: what a checkpoint holds (the training loop writes exactly these); a resume needs all but
 #: :data:`OPTIONAL_KEYS`
 CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler", "reweighter",
-                   "corrector", "loss", "generator", "meta", "rng", "history", "best")
-OPTIONAL_KEYS = ("meta", "best", "loss")  # loss: checkpoints from before the loss kind have none
+                   "corrector", "loss", "generator", "meta", "rng", "history", "best",
+                   "calibration_aside")
+#: loss: checkpoints from before the loss kind have none; calibration_aside: the fingerprint of
+#: the meta images train.calibration_share set aside, when it did
+OPTIONAL_KEYS = ("meta", "best", "loss", "calibration_aside")
 
 
 def rng_state() -> dict[str, Any]:
@@ -147,9 +150,9 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def load_weights(path: Path) -> dict[str, Any]:
-    """The network weights a run ended with (``path``: its directory or its checkpoint.pt), for
-    ``train.init_from``; with ``train.select_on_meta`` those of its selected epoch."""
+def load_start(path: Path) -> dict[str, Any]:
+    """The checkpoint a run ended with (``path``: its directory or its checkpoint.pt), for
+    ``train.init_from``, checked to hold network weights."""
     file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"train.init_from: {file} not found "
@@ -157,5 +160,17 @@ def load_weights(path: Path) -> dict[str, Any]:
     state = _read(file, "train.init_from")
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"train.init_from: {file} holds no network weights ('model')")
+    return state
+
+
+def start_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights of a :func:`load_start` checkpoint: with ``train.select_on_meta`` those of its
+    selected epoch, else the last."""
     best = state.get("best")
     return best["model"] if best else state["model"]
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """The network weights a run ended with (``path``: its directory or its checkpoint.pt), for
+    ``train.init_from``; with ``train.select_on_meta`` those of its selected epoch."""
+    return start_weights(load_start(path))

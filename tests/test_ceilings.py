@@ -192,8 +192,9 @@ def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path,
     original = noisyseg.loop.Loop._evaluate
     meta_scores = iter([0.5, float("nan"), 0.9, 0.7])  # epoch 3 is the best; a NaN is skipped
 
-    def evaluate(self: noisyseg.loop.Loop, distances: bool, split: str = "test") -> dict:
-        return {"dice": next(meta_scores)} if split == "meta" else original(self, distances, split)
+    def evaluate(self: noisyseg.loop.Loop, distances: bool, split: str = "test",
+                 model: torch.nn.Module | None = None) -> dict:
+        return {"dice": next(meta_scores)} if split == "meta" else original(self, distances, split, model)
 
     monkeypatch.setattr(noisyseg.loop.Loop, "_evaluate", evaluate)
     result = noisyseg.run(TINY, train={"epochs": 4, "batch_size": 8, "select_on_meta": True,

@@ -52,8 +52,10 @@ def test_meta_reweighter_from_the_cli_with_options(tmp_path: Path) -> None:
         "--set", "dataset.options={size: 32, n_train: 16, n_meta: 4, n_test: 4}",
         "--set", "backbone.options={base_channels: 4, depth: 2}",
         "--set", "reweighter.options.interval=2", "--set", "reweighter.options.width3=4",
+        "--set", "train.calibrate=true", "--set", "train.calibration_share=0.25",
     ])
     assert result.exit_code == 0, result.output
+    assert "calibrated on 1 meta image (offset " in result.output
     assert "interval: 2" in (out / "config.yaml").read_text()
     bad = CliRunner().invoke(cli, ["run", "--reweighter", "mcpm", "--set",
                                    "reweighter.options.interval=0", "--out", str(tmp_path / "x")])

@@ -15,6 +15,8 @@ masks removes background near objects, and this gives the background its weight 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +28,9 @@ class OracleOptions(BaseModel):
     normalise: bool = Field(True, description="scale each batch's weights to mean 1")
     balance: bool = Field(False, description="give each class back its true share of the weight "
                                              "(the dropped pixels' classes are up-weighted)")
+    per: Literal["pixel", "image"] = Field(
+        "pixel", description="drop the wrong pixels (pixel), or every pixel of an image whose mask "
+                             "holds any wrong label (image: the ceiling of choosing images)")
 
 
 class OracleReweighter(Reweighter):
@@ -50,6 +55,8 @@ class OracleReweighter(Reweighter):
             raise NoisysegError("reweighter 'oracle' needs the batch's clean labels in the step context")
         truth = ctx.clean_labels
         kept = ctx.labels == truth
+        if self.options.per == "image":  # a mask with one wrong label is dropped whole
+            kept = kept.flatten(1).all(1).view(-1, *[1] * (kept.ndim - 1)).expand_as(kept)
         w = kept.to(ctx.loss_map.dtype)
         if self.options.balance:
             for c in torch.unique(truth).tolist():
