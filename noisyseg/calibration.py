@@ -31,6 +31,8 @@ from noisyseg.metrics import evaluate
 #: sigmoid(-4) = 0.018 and 0.982), and the rounds of coordinate ascent for K > 2 classes
 GRID = np.round(np.linspace(-4.0, 4.0, 81), 6)
 ROUNDS = 2
+#: the prior shift is fitted on at most this many pixels (every k-th), to bound its memory
+PRIOR_PIXELS = 1_000_000
 
 
 class Calibrated(nn.Module):
@@ -80,6 +82,7 @@ def fit_offsets(logits: torch.Tensor, masks: np.ndarray, num_classes: int) -> tu
     (class 0 fixed at 0) from :func:`prior_shift`'s offsets, which keeps the greedy search out
     of the local optima where one class's move spoils another boundary. Ties keep the starting
     offsets (binary: 0, then the nearest to 0), so an already calibrated net is left as it is.
+    A class with no pixel in ``masks`` keeps offset 0: these images say nothing about it.
 
     Returns:
         (offsets (num_classes,), Dice at offsets 0, Dice at the offsets found)
@@ -93,17 +96,19 @@ def fit_offsets(logits: torch.Tensor, masks: np.ndarray, num_classes: int) -> tu
         d = evaluate(offset_logits(logits, o).numpy(), masks, num_classes, distances=False)["dice"]
         return -math.inf if d != d else d  # NaN: no foreground anywhere to score
 
-    if not (np.asarray(masks) > 0).any():  # no foreground to score: nothing to calibrate on
+    present = [c for c in range(1, num_classes) if (np.asarray(masks) == c).any()]
+    if not present:  # no foreground to score: nothing to calibrate on
         return offsets, math.nan, math.nan
     start = best = dice(offsets)
     if num_classes > 2:  # the greedy search starts from the cross-entropy's best prior shift
         shifted = np.clip(np.round(prior_shift(logits, masks), 1), GRID[0], GRID[-1])
-        if dice(shifted) > best:
-            best, offsets = dice(shifted), shifted
+        d = dice(shifted)
+        if d > best:
+            best, offsets = d, shifted
     order = np.argsort(np.abs(GRID), kind="stable")  # 0 first, then the nearest: ties keep small
     for _ in range(ROUNDS if num_classes > 2 else 1):
         moved = False
-        for c in range(1, num_classes):
+        for c in present:  # a class absent from the masks would only learn never to be predicted
             for value in GRID[order]:
                 trial = offsets.copy()
                 trial[c] = value
@@ -117,14 +122,19 @@ def fit_offsets(logits: torch.Tensor, masks: np.ndarray, num_classes: int) -> tu
 
 def prior_shift(logits: torch.Tensor, masks: np.ndarray, steps: int = 50) -> np.ndarray:
     """The offsets (class 0 at 0) that minimise the mean cross-entropy of ``logits`` + offsets on
-    ``masks``: a convex problem, solved by L-BFGS; the maximum-likelihood prior shift.
+    ``masks``: a convex problem, solved by L-BFGS; the maximum-likelihood prior shift. Fitted on
+    at most :data:`PRIOR_PIXELS` evenly spread pixels; classes absent from ``masks`` keep 0.
 
     Shape:
         logits - (N, K, *spatial), K > 1; masks - (N, *spatial); returns (K,)
     """
-    x = logits.detach().float().movedim(1, -1).reshape(-1, logits.shape[1])
-    y = torch.from_numpy(np.asarray(masks, dtype=np.int64)).reshape(-1)
-    b = torch.zeros(logits.shape[1], requires_grad=True)
+    k = logits.shape[1]
+    keep = [0, *(c for c in range(1, k) if (np.asarray(masks) == c).any())]  # absent: offset 0
+    stride = max(1, math.ceil(masks.size / PRIOR_PIXELS))  # evenly spread pixels, bounded memory
+    x = logits.detach().float().movedim(1, -1).reshape(-1, k)[::stride][:, keep]
+    y = torch.from_numpy(np.asarray(masks, dtype=np.int64)).reshape(-1)[::stride]
+    y = torch.as_tensor(np.searchsorted(keep, y.numpy()))  # class -> its column among keep
+    b = torch.zeros(len(keep), requires_grad=True)
     opt = torch.optim.LBFGS([b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -134,8 +144,10 @@ def prior_shift(logits: torch.Tensor, masks: np.ndarray, steps: int = 50) -> np.
         return loss
 
     opt.step(closure)
-    out = b.detach().numpy().astype(np.float64)
-    return out - out[0]
+    fitted = b.detach().numpy().astype(np.float64)
+    out = np.zeros(k)
+    out[keep] = fitted - fitted[0]
+    return out
 
 
 def aside_count(n_meta: int, share: float) -> int:
@@ -147,9 +159,11 @@ def aside_count(n_meta: int, share: float) -> int:
 def fingerprint(split: Split) -> str:
     """A digest of a split's images and masks: a fine-tune run checks with it that it sets aside
     the very images the run it starts from set aside."""
-    digest = hashlib.sha256()
-    for array in (split.images, split.masks):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    digest = hashlib.sha256()  # of the values, whatever the dtype a dataset stores them in
+    for array, dtype in ((split.images, np.float32), (split.masks, np.int64)):
+        values = np.ascontiguousarray(array, dtype=dtype)
+        digest.update(repr(values.shape).encode())
+        digest.update(values.tobytes())
     return digest.hexdigest()
 
 

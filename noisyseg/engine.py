@@ -290,6 +290,7 @@ def _run_here(
     if start is not None:
         try:
             model.load_state_dict(rundir.start_weights(start))
+            start = None  # the rest of that checkpoint (optimiser, labels, ...) is not needed
         except RuntimeError as exc:
             raise ConfigError(f"train.init_from: the weights in {cfg.train.init_from} do not fit "
                               f"this backbone ({str(exc).splitlines()[0]})") from None

@@ -369,6 +369,12 @@ class Loop:
                 f"cannot resume from {self.run_dir / rundir.CHECKPOINT}: it does not fit this run "
                 f"({message})"
             ) from None
+        kept = state.get("calibration_aside")
+        if kept is not None and kept != self.calibration_aside:
+            raise CheckpointError(
+                f"cannot resume from {self.run_dir / rundir.CHECKPOINT}: the meta images "
+                "train.calibration_share sets aside are not those the run set aside before (did the "
+                "dataset change?)")
         self.history = list(state["history"])
         self.best = state.get("best")
         self.step = int(state["step"])
@@ -431,9 +437,11 @@ class Loop:
         finally:
             self.model.train(was_training)
         offsets, before, after = fit_offsets(logits, masks, k)
-        if before != before:
-            warnings.warn(f"train.calibrate: the {len(images)} meta images it fits on hold no "
-                          "foreground, so there is nothing to calibrate on; the offsets stay 0",
+        absent = [c for c in range(1, k) if not (masks == c).any()]
+        if absent:
+            warnings.warn(f"train.calibrate: the {len(images)} meta images it fits on hold no pixel "
+                          f"of class{'es' * (len(absent) > 1)} {', '.join(map(str, absent))}, so "
+                          "their offsets stay 0 (a larger train.calibration_share gives it more)",
                           DataWarning, stacklevel=2)
         self.predictor = Calibrated(self.model, torch.from_numpy(offsets)).to(self.device)
         named = ({"calibration_offset": float(offsets[1] - offsets[0])} if k == 2 else

@@ -63,6 +63,26 @@ def test_three_classes_each_get_their_offset() -> None:
     assert offsets[2] < -0.3 and after > 0.98 > before + 0.1  # greedy from 0 stopped at 0.945
 
 
+def test_a_class_absent_from_the_calibration_images_keeps_offset_zero() -> None:
+    score = ramp(n=4, size=16)
+    truth = (score > 0).long().numpy()  # classes 0 and 1 only
+    logits = torch.stack([-score, score + 0.8, torch.zeros_like(score) - 1], dim=1)
+    offsets, before, after = fit_offsets(logits, truth, 3)
+    assert offsets[2] == 0 and offsets[1] < 0 and after > before  # not pushed down to GRID[0]
+
+
+def test_the_fingerprint_reads_values_not_storage() -> None:
+    from noisyseg.calibration import fingerprint
+    from noisyseg.components import Split
+
+    images = np.random.default_rng(0).random((3, 1, 4, 4))
+    masks = np.eye(4, dtype=np.int64)[None].repeat(3, 0)
+    a = fingerprint(Split(images.astype(np.float32), masks))
+    assert a == fingerprint(Split(images.astype(np.float32).astype(np.float64), masks.astype(np.uint8)))
+    assert a != fingerprint(Split(images.astype(np.float32), masks[::-1].copy() * 0))
+    assert a != fingerprint(Split(images.astype(np.float32).reshape(3, 1, 2, 8), masks.reshape(3, 2, 8)))
+
+
 def test_nothing_to_score_leaves_the_offsets_at_zero() -> None:
     offsets, before, after = fit_offsets(torch.randn(2, 1, 8, 8), np.zeros((2, 8, 8), np.int64), 2)
     assert (offsets == 0).all() and before != before and after != after
@@ -90,7 +110,18 @@ def test_a_calibrated_run_trains_as_an_uncalibrated_one_and_reports_both(tmp_pat
     assert m["calibration_offset"] == pytest.approx(float(calibrated.model.offsets[1]))
     assert m["meta_dice_calibrated"] >= m["meta_dice_uncalibrated"]
     assert "calibration_offset" in (tmp_path / "c" / "metrics.json").read_text()
-    bare = calibrated.model.net  # the bare network is the uncalibrated model
+    bare = calibrated.model.net  # the reported Dice is the calibrated model's, scored afresh here
+    from noisyseg import Registry, build_plugin_manager
+    from noisyseg.datacache import load_splits
+    from noisyseg.step import predict_all
+
+    splits = load_splits(Registry(build_plugin_manager()).build(
+        "dataset", "synthetic", TINY["dataset"]["options"]), 0)
+    images = torch.from_numpy(np.asarray(splits.test.images))
+    for model, key in ((calibrated.model, "dice"), (bare, "dice_uncalibrated")):
+        pred = predict_all(model, images, torch.device("cpu"))
+        scored = evaluate(pred, np.asarray(splits.test.masks), 2, distances=False)["dice"]
+        assert scored == pytest.approx(m[key])
     for k, v in plain.model.state_dict().items():
         assert torch.equal(v, bare.state_dict()[k]), k
 
@@ -127,9 +158,13 @@ def test_with_a_calibration_share_the_rest_of_the_meta_split_may_be_trained_on(t
     share = {**TINY["train"], "calibrate": True, "calibration_share": 0.25, "train_on_meta": True}
     result = noisyseg.run(TINY, train=share, output={"dir": str(tmp_path / "s")}, progress=False)
     assert result.metrics["calibration_images"] == 2
+    from noisyseg.data import steps_per_epoch
+
+    assert result.metrics["steps"] == 2 * steps_per_epoch(32 + 6, 8)  # the 2 set aside: not trained on
     tuned = noisyseg.run(TINY, train={**share, "meta_only": True, "init_from": str(tmp_path / "s")},
                          output={"dir": str(tmp_path / "f")}, progress=False)
     assert tuned.metrics["calibration_images"] == 2 and "calibration_offset" in tuned.metrics
+    assert tuned.metrics["steps"] == 2 * steps_per_epoch(6, 8)  # meta_only: the 6 left
     with pytest.raises(ConfigError, match="calibrate is false"):
         noisyseg.run(TINY, train={**share, "calibrate": False}, output={"dir": str(tmp_path / "x")},
                      progress=False)
