@@ -92,11 +92,10 @@ def fit_offsets(logits: torch.Tensor, masks: np.ndarray, num_classes: int) -> tu
     """
     offsets = np.zeros(num_classes)
 
-    def dice(o: np.ndarray) -> float:
-        d = evaluate(offset_logits(logits, o).numpy(), masks, num_classes, distances=False)["dice"]
-        return -math.inf if d != d else d  # NaN: no foreground anywhere to score
+    def dice(o: np.ndarray) -> float:  # never NaN: some image holds a present class
+        return evaluate(offset_logits(logits, o).numpy(), masks, num_classes, distances=False)["dice"]
 
-    present = [c for c in range(1, num_classes) if (np.asarray(masks) == c).any()]
+    present = classes_present(masks, num_classes)
     if not present:  # no foreground to score: nothing to calibrate on
         return offsets, math.nan, math.nan
     start = best = dice(offsets)
@@ -120,6 +119,16 @@ def fit_offsets(logits: torch.Tensor, masks: np.ndarray, num_classes: int) -> tu
     return offsets, start, best
 
 
+def classes_present(masks: np.ndarray, num_classes: int) -> list[int]:
+    """The foreground classes with at least one pixel in ``masks``: those calibration can move.
+
+    Shape:
+        masks - (N, *spatial) integer labels
+    """
+    found = set(np.unique(np.asarray(masks)).tolist())
+    return [c for c in range(1, num_classes) if c in found]
+
+
 def prior_shift(logits: torch.Tensor, masks: np.ndarray, steps: int = 50) -> np.ndarray:
     """The offsets (class 0 at 0) that minimise the mean cross-entropy of ``logits`` + offsets on
     ``masks``: a convex problem, solved by L-BFGS; the maximum-likelihood prior shift. Fitted on
@@ -129,7 +138,7 @@ def prior_shift(logits: torch.Tensor, masks: np.ndarray, steps: int = 50) -> np.
         logits - (N, K, *spatial), K > 1; masks - (N, *spatial); returns (K,)
     """
     k = logits.shape[1]
-    keep = [0, *(c for c in range(1, k) if (np.asarray(masks) == c).any())]  # absent: offset 0
+    keep = [0, *classes_present(masks, k)]  # absent classes: offset 0
     stride = max(1, math.ceil(masks.size / PRIOR_PIXELS))  # evenly spread pixels, bounded memory
     x = logits.detach().float().movedim(1, -1).reshape(-1, k)[::stride][:, keep]
     y = torch.from_numpy(np.asarray(masks, dtype=np.int64)).reshape(-1)[::stride]

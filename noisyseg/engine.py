@@ -20,7 +20,7 @@ from torch import nn
 from noisyseg import distributed, rundir
 from noisyseg.augment import GEOMETRIC, ONE_TO_ONE, enabled
 from noisyseg.calibration import fingerprint, hold_out
-from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Split, Splits
+from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Splits
 from noisyseg.config import Config, resolve
 from noisyseg.data import Cycler, build_train_set, check_splits, size_warnings, steps_per_epoch
 from noisyseg.datacache import load_splits
@@ -131,11 +131,13 @@ def check_volumes(config: Config, parts: Components, splits: Splits) -> None:
                           f"section's transforms are 2-D: turn them off for volumes (augment.{on[0]} = 0)")
 
 
-def check_calibration(cfg: Config, needs_meta: bool, aside: Split | None,
-                      start: dict[str, Any] | None) -> None:
-    """train.calibrate must fit on meta images no network of the run has learned from: not meta
-    batches of a meta reweighter, not images the run it starts from (init_from) trained on. With
-    calibration_share, the start run must have set the same images aside (same fingerprint)."""
+def check_calibration(cfg: Config, meta_images: int, needs_meta: bool, include_meta: bool,
+                      aside: str | None, start: dict[str, Any] | None) -> None:
+    """train.calibrate must fit on meta images no network of the run has learned from: not
+    training images, not meta batches of a meta reweighter, not images the run it starts from
+    (init_from) trained on. With calibration_share (``aside``: the fingerprint of the images it
+    set aside) the rest of the meta split may be trained on, and a start run must have set the
+    same images aside."""
     if not cfg.train.calibrate:
         return
     if aside is None and needs_meta:
@@ -143,10 +145,15 @@ def check_calibration(cfg: Config, needs_meta: bool, aside: Split | None,
             f"train.calibrate fits its offsets to the clean meta images, and reweighter "
             f"'{cfg.reweighter.name}' learns its weights from them: set train.calibration_share "
             "(e.g. 0.25) to set some meta images aside for the calibration alone")
-    if start is None:
-        return
-    mine = fingerprint(aside) if aside is not None else None
-    if mine is None or start.get("calibration_aside") != mine:
+    if aside is None and not meta_images:
+        raise ConfigError(f"train.calibrate needs a meta split, and dataset '{cfg.dataset.name}' "
+                          "has none")
+    if aside is None and (include_meta or cfg.train.meta_only):
+        raise ConfigError(
+            "train.calibrate fits its offsets to the clean meta images, so they must not be "
+            "training images: set train.train_on_meta=false (and not train.meta_only), or set "
+            "train.calibration_share")
+    if start is not None and (aside is None or start.get("calibration_aside") != aside):
         raise ConfigError(
             f"train.calibrate with train.init_from: the run in {cfg.train.init_from} may have "
             "trained on the meta images this run calibrates on; give both runs train.calibrate = "
@@ -247,13 +254,15 @@ def _run_here(
         check_splits(splits, cfg.dataset.name)
     check_volumes(cfg, parts, splits)
     needs_meta = parts.reweighter.needs_meta_batch
-    calibration = None  # train.calibration_share: meta images set aside for the calibration alone
+    include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
+    calibration = aside = None  # train.calibration_share: meta images set aside for calibration
     if cfg.train.calibration_share is not None:
         splits, calibration = hold_out(splits, cfg.train.calibration_share, cfg.seed)
+        aside = fingerprint(calibration)
     start = None  # train.init_from: the checkpoint the run starts from
     if cfg.train.init_from is not None and checkpoint is None:
         start = rundir.load_start(Path(cfg.train.init_from))
-    check_calibration(cfg, needs_meta, calibration, start)
+    check_calibration(cfg, len(splits.meta), needs_meta, include_meta, aside, start)
     if needs_meta and len(splits.meta) == 0:
         raise ConfigError(
             f"reweighter '{cfg.reweighter.name}' needs a clean meta set, but dataset "
@@ -261,18 +270,13 @@ def _run_here(
         )
     if cfg.train.batch_size % world.size:
         raise ConfigError(_batch_share_error(cfg.train.batch_size, world.size))
-    include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
-    for option, does in (("select_on_meta", "scores every epoch on"), ("calibrate", "fits its offsets to")):
-        if option == "calibrate" and calibration is not None:
-            continue  # its images are set aside: the rest of the meta split may be trained on
-        if getattr(cfg.train, option) and (include_meta or cfg.train.meta_only or not len(splits.meta)):
-            raise ConfigError(
-                f"train.{option} {does} the clean meta images, so they must not be training "
-                "images: set train.train_on_meta=false (and not train.meta_only)"
-                + (", or set train.calibration_share" if option == "calibrate" else "")
-                if len(splits.meta) else
-                f"train.{option} needs a meta split, and dataset '{cfg.dataset.name}' has none"
-            )
+    if cfg.train.select_on_meta and (include_meta or cfg.train.meta_only or not len(splits.meta)):
+        raise ConfigError(
+            "train.select_on_meta scores every epoch on the clean meta images, so they must not be "
+            "training images: set train.train_on_meta=false (and not train.meta_only)"
+            if len(splits.meta) else
+            f"train.select_on_meta needs a meta split, and dataset '{cfg.dataset.name}' has none"
+        )
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
                             cfg.train.meta_only)
     if world.is_main and checkpoint is None:
@@ -330,7 +334,7 @@ def _run_here(
     )
 
     loop = Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir,
-                world, calibration, fingerprint(calibration) if calibration is not None else None)
+                world, calibration, aside)
     if checkpoint is not None:
         loop.restore(checkpoint)
     elif world.is_main:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from noisyseg import figures, rundir
 from noisyseg.augment import Augmenter, to_original
-from noisyseg.calibration import Calibrated, fit_offsets
+from noisyseg.calibration import Calibrated, classes_present, fit_offsets
 from noisyseg.components import Components, Split, Splits
 from noisyseg.config import Config
 from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
@@ -42,7 +42,7 @@ from noisyseg.errors import CheckpointError, DataWarning, NumericalError
 from noisyseg.losses import class_probs
 from noisyseg.metrics import detection_auroc, image_table, summarise
 from noisyseg.scratch import CHUNK, as_tensor, chunks
-from noisyseg.step import Batch, predict_all, step_context, train_step
+from noisyseg.step import Batch, outputs_all, predict_all, step_context, train_step
 
 #: at most this many training pixels per epoch are kept to score the weights (AUROC)
 _WEIGHT_SAMPLE = 1_000_000
@@ -312,7 +312,7 @@ class Loop:
         k = self.splits.num_classes
         window = tuple(self.train_set.images.shape[2:])  # larger test images: sliding window
         per_chunk = max(1, _CHUNK_PIXELS // int(np.prod(data.images.shape[2:])))  # volumes: fewer
-        table = [image_table(predict_all(model or self.model,
+        table = [image_table(predict_all(model if model is not None else self.model,
                                          as_tensor(np.ascontiguousarray(data.images[p])),
                                          self.device, window=window),
                              np.asarray(data.masks[p]), k, distances, spacing=self.splits.spacing)
@@ -424,20 +424,9 @@ class Loop:
         offsets and those images' Dice before and after."""
         k = self.splits.num_classes
         images, masks = self.calibration.images, np.asarray(self.calibration.masks)
-        batch = 64 if images.ndim == 4 else 4  # images, or volumes (as predict_all)
-
-        def logits_of(i: int) -> torch.Tensor:
-            return self.model(as_tensor(np.ascontiguousarray(images[i : i + batch])).to(self.device))
-
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                logits = torch.cat([logits_of(i).float().cpu() for i in range(0, len(images), batch)])
-        finally:
-            self.model.train(was_training)
+        logits = outputs_all(self.model, as_tensor(np.ascontiguousarray(images)), self.device).float()
         offsets, before, after = fit_offsets(logits, masks, k)
-        absent = [c for c in range(1, k) if not (masks == c).any()]
+        absent = sorted(set(range(1, k)) - set(classes_present(masks, k)))
         if absent:
             warnings.warn(f"train.calibrate: the {len(images)} meta images it fits on hold no pixel "
                           f"of class{'es' * (len(absent) > 1)} {', '.join(map(str, absent))}, so "

@@ -4,6 +4,8 @@ loop (:mod:`noisyseg.loop`) and the benchmarks share."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +19,39 @@ from noisyseg.losses import per_pixel_loss, predict
 from noisyseg.window import sliding_probs
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block, back in the mode it was in after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def outputs_all(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64,
+    apply: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The model's outputs for every image, in eval mode, a batch at a time (64 images or 4
+    volumes), on the CPU; ``apply`` maps each batch's outputs first (e.g. to labels), so only
+    what it returns is kept.
+
+    Shape:
+        images - (N, C, H, W) or (N, C, D, H, W); returns (N, ...) as the model (or ``apply``) gives
+    """
+    batch_size = batch_size if images.ndim == 4 else max(1, batch_size // 16)
+    with eval_mode(model):
+        return torch.cat([(apply or _same)(model(images[i : i + batch_size].to(device))).cpu()
+                          for i in range(0, len(images), batch_size)])
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @torch.no_grad()
 def predict_all(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64,
@@ -28,20 +63,11 @@ def predict_all(
     A batch of 64 images, or of 4 volumes."""
     if len(images) == 0:
         return np.zeros((0, *images.shape[2:]), dtype=np.int64)
-    was_training = model.training
-    model.eval()
-    try:
-        if window is not None and any(s > w for s, w in zip(images.shape[2:], window, strict=True)):
+    if window is not None and any(s > w for s, w in zip(images.shape[2:], window, strict=True)):
+        with eval_mode(model):
             return np.stack([sliding_probs(model, image.to(device), window).argmax(0).cpu().numpy()
                              for image in images])
-        batch_size = batch_size if images.ndim == 4 else max(1, batch_size // 16)
-        out = [
-            predict(model(images[i : i + batch_size].to(device))).cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy()
+    return outputs_all(model, images, device, batch_size, predict).numpy()
 
 
 @dataclass
