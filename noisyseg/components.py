@@ -60,6 +60,12 @@ class Backbone(Component):
         """
         raise NotImplementedError
 
+    def build_for(self, in_channels: int, out_channels: int, spatial_dims: int) -> nn.Module:
+        """:meth:`build` for data of ``spatial_dims`` (2 or 3), passing ``dims`` only for volumes,
+        so a 2-D backbone's ``build`` need not take it (what the engine and the check kit call)."""
+        volumes = {"dims": 3} if spatial_dims == 3 else {}
+        return self.build(in_channels, out_channels, **volumes)
+
 
 # --------------------------------------------------------------------------- noise models
 class NoiseModel(Component):

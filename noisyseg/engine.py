@@ -285,9 +285,8 @@ def _run_here(
             warnings.warn(message, DataWarning, stacklevel=2)
 
     def build_model() -> nn.Module:
-        volumes = {"dims": 3} if splits.spatial_dims == 3 else {}  # 2-D backbones need not know
-        return parts.backbone.build(splits.in_channels, out_channels(splits.num_classes),
-                                    **volumes).to(device)
+        return parts.backbone.build_for(splits.in_channels, out_channels(splits.num_classes),
+                                        splits.spatial_dims).to(device)
 
     model = build_model()
     pixel_noise_rate = train.noise_rate

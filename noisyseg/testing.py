@@ -118,7 +118,7 @@ def check_backbone(cls: type[Backbone], options: dict[str, Any] | None = None) -
     torch.manual_seed(0)
     shapes = [(64, 64)] + ([(16, 16, 16)] if 3 in cls.spatial_dims else [])
     for spatial, (in_ch, classes) in ((s, c) for s in shapes for c in ((1, 2), (3, 3))):
-        net = backbone.build(in_ch, out_channels(classes), **({"dims": 3} if len(spatial) == 3 else {}))
+        net = backbone.build_for(in_ch, out_channels(classes), len(spatial))
         x = torch.randn(2, in_ch, *spatial)
         logits = net(x)
         assert logits.shape == (2, out_channels(classes), *spatial), (
