@@ -6,7 +6,7 @@
 
 Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) - Dice(none)):
 0 is plain training on the noisy labels, 1 is training on the clean labels. A plain run takes
-:data:`DEFAULT_METHODS` (about 36 minutes on 2 cores); ``--methods`` names others. The methods:
+:data:`DEFAULT_METHODS` (about 45 minutes on 2 cores); ``--methods`` names others. The methods:
 
 - ``clean``: the clean-label ceiling (noise rate 0; the meta images are training images too);
 - ``none``: plain training on the noisy labels, with the clean meta images added to the training
@@ -59,12 +59,18 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   out of training and ``train.calibrate`` on them (the decision moved to where the clean meta
   images' Dice is best; noisyseg/calibration.py); ``oracle_calib`` is a ceiling. Run when named.
   The ``best_dice`` column of every calibrated run is of its network without the offsets (the
-  per-epoch scores); ``dice_uncalibrated`` in the run's metrics.json gives the final one;
+  per-epoch scores); ``dice_uncalibrated`` gives its final test Dice without them (empty for
+  runs that do not calibrate, and in files written before the column was added);
 - ``<method>_cal25`` (``none_cal25``, ``finetune_cal25``, ``relabel_cal25``,
   ``relabel_finetune_cal25``): the method with a quarter of the meta images set aside
   (``train.calibration_share = 0.25``, the same images for a fine-tune and the run it starts
   from) and calibrated on them; the rest of the meta images are used as the method uses them.
-  The share was chosen before any result was seen. Run when named.
+  The share was chosen before any result was seen. Run when named;
+- ``confusion``: plain training with the ``confusion`` loss (pixel-wise confusion matrices with a
+  trace regulariser, Zhang, Tanno et al. 2020), default options; ``confusion_cal25`` the same
+  calibrated as above, ``confusion_finetune`` / ``confusion_finetune_cal25`` its model fine-tuned
+  on the clean meta set as ``finetune`` fine-tunes none's (with cross-entropy: the meta labels
+  are clean). Run when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is
@@ -100,17 +106,20 @@ METHODS = ("clean", "none", "none_nometa", "none_select", "oracle", "oracle_bala
            "relabel_aug", "mcpm_head", "mcpm_adaptive", "mcpm_adaptive30", "tloss", "nrdice",
            "relabel_tloss", "clslsr", "relabel_finetune", "relabel_detect_finetune", "oracle_images",
            "none_calib", "oracle_calib", "none_cal25", "finetune_cal25",
-           "relabel_cal25", "relabel_finetune_cal25")
+           "relabel_cal25", "relabel_finetune_cal25", "confusion", "confusion_finetune",
+           "confusion_cal25", "confusion_finetune_cal25")
 #: what a plain ``python benchmarks/accuracy.py`` runs: the ceilings (clean, oracle), the baselines
-#: (none, finetune), mcpm, the best method so far (finetune_cal25, and the none_cal25 run it
-#: continues) and the best at r = 0.8 (relabel_finetune, and the relabel run it continues), about
-#: 36 minutes on the CPU preset; every other method runs when named in --methods
+#: (none, finetune), mcpm, the best methods so far on the mean of the two rates
+#: (confusion_finetune_cal25 and finetune_cal25, within the seed-to-seed spread of each other,
+#: with the runs they continue) and the best at r = 0.8 (relabel_finetune, and the relabel run it
+#: continues), about 45 minutes on the CPU preset; every other method runs when named in --methods
 DEFAULT_METHODS = ("clean", "none", "oracle", "finetune", "mcpm", "relabel", "relabel_finetune",
-                   "none_cal25", "finetune_cal25")
+                   "none_cal25", "finetune_cal25", "confusion_cal25", "confusion_finetune_cal25")
 #: a fine-tune method and the run whose trained weights it starts from
 FINETUNED = {"finetune": "none", "relabel_finetune": "relabel",
              "relabel_detect_finetune": "relabel_detect", "finetune_cal25": "none_cal25",
-             "relabel_finetune_cal25": "relabel_cal25"}
+             "relabel_finetune_cal25": "relabel_cal25",
+             "confusion_finetune": "confusion", "confusion_finetune_cal25": "confusion_cal25"}
 #: the augmentation of none_aug and relabel_aug: transforms that relabel can take (each pixel
 #: moves to one place) and a mild intensity change; chosen before any result was seen
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "brightness_contrast": 0.5}
@@ -155,7 +164,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 COLUMNS = ["dataset", "rate", "method", "seed", "dice", "best_dice", "auroc", "auroc_region",
-           "mass_corrupted", "corrupted_share", "seconds", "run_dir"]
+           "mass_corrupted", "corrupted_share", "seconds", "run_dir", "dice_uncalibrated"]
 
 
 def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> dict[str, Any]:
@@ -192,7 +201,7 @@ def method_config(method: str, base: dict[str, Any], none_dir: Path | None) -> d
         return {"corrector": {"name": "adele"}}
     if method == "gce":
         return {"reweighter": {"name": "gce"}}
-    if method in ("tloss", "nrdice"):
+    if method in ("tloss", "nrdice", "confusion"):
         return {"loss": {"name": method}}
     if method == "clslsr":
         return {"corrector": {"name": "clslsr"}}
@@ -262,7 +271,8 @@ def run_one(preset: dict[str, Any], dataset: str, rate: float, method: str, seed
             "dice": round(m["dice"], 5), "best_dice": round(best_epoch_dice(result.history), 5),
             "auroc": num("weight_auroc"), "auroc_region": num("weight_auroc_region"),
             "mass_corrupted": num("weight_mass_corrupted"), "corrupted_share": num("corrupted_share"),
-            "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
+            "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir),
+            "dice_uncalibrated": num("dice_uncalibrated")}
 
 
 def plan(datasets: list[str], rates: list[float], seeds: list[int], methods: list[str],

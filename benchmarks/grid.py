@@ -298,8 +298,23 @@ def run_grid(grid: GridConfig, out: Path, executor: str = "local", workers: int 
 
 
 def append_row(results: Path, row: dict[str, Any], columns: list[str] = COLUMNS) -> None:
-    """Add one row to the results CSV (with its header when the file is new)."""
-    new = not results.exists()
+    """Add one row to the results CSV (with its header when the file is new). A file written
+    before columns were added to ``columns`` is first rewritten with them, empty in its rows."""
+    new = not results.exists() or results.stat().st_size == 0
+    if not new:
+        with open(results, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != columns:
+            if not set(header) <= set(columns):
+                raise ValueError(f"{results}: its columns {header} are not among {columns}; "
+                                 "write these results to another file (--out)")
+            old = read_rows(results)
+            tmp = results.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, columns, restval="")
+                writer.writeheader()
+                writer.writerows(old)
+            tmp.replace(results)
     with open(results, "a", newline="") as fh:
         writer = csv.DictWriter(fh, columns)
         if new:

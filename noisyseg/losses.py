@@ -41,6 +41,17 @@ def class_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
+def class_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log class probabilities, computed stably (log-sigmoid / log-softmax).
+
+    Shape:
+        logits - (N, K, H, W); returns (N, num_classes, H, W) (two channels for a binary net)
+    """
+    if logits.shape[1] == 1:
+        return torch.cat([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=1)
+    return torch.log_softmax(logits, dim=1)
+
+
 def predict(logits: torch.Tensor) -> torch.Tensor:
     """Predicted labels.
 

@@ -166,6 +166,9 @@ def test_a_fine_tune_method_runs_after_the_run_it_starts_from() -> None:
     assert methods.index("none") < methods.index("finetune")
     config = acc.method_config("relabel_finetune", {"train": {"lr": 1e-3}}, Path("runs/relabel"))
     assert config["train"]["init_from"] == "runs/relabel" and config["train"]["meta_only"]
+    for tuned in acc.FINETUNED:  # every fine-tune, with or without a suffix, continues its start
+        config = acc.method_config(tuned, {"train": {"lr": 1e-3}}, Path("start"))
+        assert config["train"].get("init_from") == "start" and config["train"]["meta_only"], tuned
 
 
 def test_accuracy_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -81,6 +81,16 @@ def test_forget_drops_one_method_so_it_runs_again(tmp_path: Path) -> None:
     assert [r["method"] for r in grid_module.read_rows(out / "results.csv")] == ["none", "none"]
 
 
+def test_a_row_with_a_new_column_upgrades_an_older_file(tmp_path: Path) -> None:
+    results = tmp_path / "results.csv"
+    grid_module.append_row(results, {"a": 1, "b": 2}, ["a", "b"])
+    grid_module.append_row(results, {"a": 3, "b": 4, "c": 5}, ["a", "b", "c"])
+    assert grid_module.read_rows(results) == [{"a": "1", "b": "2", "c": ""},
+                                              {"a": "3", "b": "4", "c": "5"}]
+    with pytest.raises(ValueError, match="not among"):  # a file of other results: not mixed in
+        grid_module.append_row(results, {"a": 6}, ["a"])
+
+
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_parallel_executors_fill_the_same_csv_and_retry_failures(tmp_path: Path, executor: str) -> None:
     if executor == "ray":

@@ -23,6 +23,7 @@ METHODS = {
     "none": {},
     "mcpm": {"reweighter": {"name": "mcpm"}},
     "tloss+mwnet": {"loss": {"name": "tloss"}, "reweighter": {"name": "mwnet"}},
+    "confusion": {"loss": {"name": "confusion"}},
     "clslsr": {"corrector": {"name": "clslsr", "options": {"detect_epoch": 1}}},
     "volumes+mcpm": {"dataset": {"name": "synthetic", "options": {
                          "dims": 3, "size": 16, "n_train": 32, "n_meta": 4, "n_test": 3,

@@ -95,6 +95,7 @@ METHODS = {
     "gce+adele": {"reweighter": {"name": "gce"},
                   "corrector": {"name": "adele", "options": {"correct_every": 1}}},
     "oracle+tloss": {"reweighter": {"name": "oracle"}, "loss": {"name": "tloss"}},
+    "l2rw+confusion": {"reweighter": {"name": "l2rw"}, "loss": {"name": "confusion"}},
 }
 
 

@@ -4,7 +4,9 @@
 - ``gce``: generalised cross-entropy (Zhang & Sabuncu, NeurIPS 2018);
 - ``mae``: mean absolute error between probabilities and the one-hot label (Ghosh et al., AAAI 2017);
 - ``nrdice``: the noise-robust Dice loss (Wang et al., IEEE TMI 2020);
-- ``tloss``: the T-Loss, a Student-t likelihood with a learned nu (Gonzalez-Jimenez et al., MICCAI 2023).
+- ``tloss``: the T-Loss, a Student-t likelihood with a learned nu (Gonzalez-Jimenez et al., MICCAI 2023);
+- ``confusion``: the noisy labels' likelihood through learned pixel-wise confusion matrices with a
+  trace regulariser (Zhang, Tanno et al., NeurIPS 2020).
 
 Each returns a map (N, H, W) ((N, D, H, W) for volumes) whose mean over the batch's pixels has the
 published loss's gradient (and, but for tloss, its value), so plain training (weight 1) follows the
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from noisyseg import Loss, hookimpl
 from noisyseg.losses import class_probs, per_pixel_loss
+from noisyseg_losses.confusion import ConfusionLoss
 from noisyseg_losses.tloss import TLoss
 
 
@@ -94,4 +97,4 @@ class NRDiceLoss(Loss):
 
 @hookimpl
 def register_losses() -> list[type[Loss]]:
-    return [CELoss, GCELoss, MAELoss, NRDiceLoss, TLoss]
+    return [CELoss, GCELoss, MAELoss, NRDiceLoss, TLoss, ConfusionLoss]
