@@ -70,7 +70,8 @@ Every method is scored as recovery = (Dice(method) - Dice(none)) / (Dice(clean) 
   trace regulariser, Zhang, Tanno et al. 2020), default options; ``confusion_cal25`` the same
   calibrated as above, ``confusion_finetune`` / ``confusion_finetune_cal25`` its model fine-tuned
   on the clean meta set as ``finetune`` fine-tunes none's (with cross-entropy: the meta labels
-  are clean). Run when named.
+  are clean). ``confusion_cal25`` and ``confusion_finetune_cal25`` run by default (the best
+  method by the ranking rule since 2026-11-23), the other two when named.
 
 Results go to ``<out>/results.csv`` one row per run, written as each run ends: a stopped script
 skips the finished runs when started again. The last line is

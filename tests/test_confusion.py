@@ -118,6 +118,19 @@ def test_the_trace_pushes_the_matrices_from_the_identity() -> None:
     assert diagonals[0] > diagonals[1] > diagonals[2]
 
 
+def test_matrices_read_a_clipped_input_and_treat_borders_like_their_pixels() -> None:
+    torch.manual_seed(0)
+    loss = _built(2)
+    with torch.no_grad():
+        for p in loss.parameters():
+            p.normal_(0, 0.5)
+        sure = torch.tensor([0.0, -30.0]).view(1, 2, 1, 1).expand(1, 2, 9, 9)
+        surer = torch.tensor([0.0, -60.0]).view(1, 2, 1, 1).expand(1, 2, 9, 9)
+        a = loss.log_matrices(sure)
+        assert torch.equal(a, loss.log_matrices(surer))       # below -10 is -10
+        assert torch.allclose(a, a[..., 4:5, 4:5].expand_as(a), atol=1e-6)  # no zero border
+
+
 def test_volumes_get_3d_convolutions_and_images_on_them_are_refused() -> None:
     loss = _built(3, dims=3)
     assert isinstance(loss.net[0], torch.nn.Conv3d)

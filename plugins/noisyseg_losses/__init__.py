@@ -10,7 +10,8 @@
 
 Each returns a map (N, H, W) ((N, D, H, W) for volumes) whose mean over the batch's pixels has the
 published loss's gradient (and, but for tloss, its value), so plain training (weight 1) follows the
-paper exactly, and a reweighter's weights scale each pixel's share of it.
+paper exactly (``confusion`` adapts its paper: see its module), and a reweighter's weights scale
+each pixel's share of it.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ layers, which a loss cannot reach), tested in tests/test_confusion.py:
 - the last convolution starts at zero weight and a bias giving every pixel the flip rate
   ``init_flip`` (0.01): training starts close to plain cross-entropy;
 - volumes get 3-D convolutions (a net set up for images applies its 2-D ones slice by slice);
-- everything is computed in float32 (at least) in log space (logsumexp), so no probability underflows.
+- the likelihood is computed in log space (logsumexp), in float32 or the logits' wider dtype (the
+  confusion network itself runs in float32), so no probability underflows.
 
 Only the network's own prediction is used after training (the test Dice, the calibration, the
 figures): the confusion matrices exist to absorb the noise during training.
@@ -101,8 +102,9 @@ class ConfusionLoss(Loss):
 
     def metrics(self) -> dict[str, float]:
         """``loss_cm_flip``: the share of labels the matrices say the annotator got wrong, given
-        the network's prediction (1 - sum_c p_c A[c, c]), mean over the pixels the loss saw since
-        the last call (with a meta reweighter, its clean meta batches too)."""
+        the network's prediction (1 - sum_c p_c A[c, c]), mean over the pixels this process's loss
+        saw since the last call (with a meta reweighter its clean meta batches too, with
+        co-teaching the peer's)."""
         flip = float(self._flip_sum) / self._pixels if self._pixels else math.nan
         self._flip_sum, self._pixels = torch.zeros(()), 0
         return {"loss_cm_flip": flip}
@@ -132,7 +134,7 @@ class ConfusionLoss(Loss):
         m = self.options.max_flip
         log_flip = math.log(m) + F.logsigmoid(s_diag)
         # log(1 - m sigmoid(s)) = log((1 - m) + e^-s) - log(1 + e^-s): finite, also when m = 1
-        floor = torch.tensor(math.log1p(-m) if m < 1 else -math.inf, device=s_diag.device)
+        floor = s_diag.new_full((), math.log1p(-m) if m < 1 else -math.inf)
         log_keep = torch.logaddexp(floor, -s_diag) - F.softplus(-s_diag)
         log_spread = torch.log_softmax(scores.masked_fill(eye, -torch.inf), dim=1)
         return torch.where(eye, log_keep, log_flip + log_spread.masked_fill(eye, 0.0))
