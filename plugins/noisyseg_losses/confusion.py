@@ -77,12 +77,11 @@ class ConfusionLoss(Loss):
     def __init__(self, options: BaseModel | None = None) -> None:
         super().__init__(options)
         self.net: nn.Sequential | None = None
-        self.classes = 0
         self._flip_sum = torch.zeros(())
         self._pixels = 0
 
     def setup(self, run: RunContext) -> None:
-        k = self.classes = run.num_classes
+        k = run.num_classes
         conv = nn.Conv3d if run.spatial_dims == 3 else nn.Conv2d
         h = self.options.hidden
         layers: list[nn.Module] = []
