@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 #: every public name and the module that defines it
 _EXPORTS = {
-    **dict.fromkeys(("Backbone", "Dataset", "LabelCorrector", "Loss", "NoiseModel", "Reweighter",
-                     "RunContext", "Split", "Splits", "StepContext", "mean_one"),
+    **dict.fromkeys(("Backbone", "Dataset", "LabelCorrector", "Loss", "NoiseModel", "Recipe",
+                     "RecipeOptions", "Reweighter", "RunContext", "Split", "Splits", "Stage",
+                     "StepContext", "mean_one"),
                     "noisyseg.components"),
     "Config": "noisyseg.config",
     "RunResult": "noisyseg.engine",
@@ -34,10 +35,13 @@ if TYPE_CHECKING:
         LabelCorrector,
         Loss,
         NoiseModel,
+        Recipe,
+        RecipeOptions,
         Reweighter,
         RunContext,
         Split,
         Splits,
+        Stage,
         StepContext,
         mean_one,
     )
@@ -62,8 +66,9 @@ except metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [  # the same names as _EXPORTS (a test compares them)
     "Backbone", "CheckpointError", "Config", "ConfigError", "DataError", "DataWarning", "Dataset",
-    "LabelCorrector", "Loss", "NoiseModel", "NoisysegError", "NumericalError", "PluginError", "Registry",
-    "Reweighter", "RunContext", "RunResult", "Split", "Splits", "StepContext",
+    "LabelCorrector", "Loss", "NoiseModel", "NoisysegError", "NumericalError", "PluginError", "Recipe",
+    "RecipeOptions", "Registry", "Reweighter", "RunContext", "RunResult", "Split", "Splits", "Stage",
+    "StepContext",
     "build_plugin_manager", "hookimpl", "mean_one", "run",
 ]
 

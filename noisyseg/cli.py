@@ -127,10 +127,15 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
     Component names (dataset, noise, backbone, loss, reweighter, corrector) are listed by
     `noisyseg plugins`; each component's options are set with --set or in the config file.
 
+    --recipe NAME runs a chain of stages (e.g. train, then fine-tune on the clean meta
+    images) into one run directory, a sub-directory per stage; the options given here reach
+    every stage where they make sense (see `noisyseg plugins --options NAME`).
+
     \b
     Examples:
       noisyseg run
       noisyseg run --reweighter mcpm --noise elastic
+      noisyseg run --recipe finetune_cal
       noisyseg run --noise elastic --noise-rate 0.6 --epochs 20
       noisyseg run --config my.toml --set train.lr=0.0005
       noisyseg run --reweighter mcpm --set reweighter.options.interval=5
@@ -178,6 +183,9 @@ def _report(m: dict[str, Any], run_dir: Path) -> None:
     if not m:  # a process other than rank 0 of a torchrun launch
         return
     click.echo(f"run directory: {run_dir}")
+    for name, stage in m.get("stages", {}).items():  # a recipe: each stage, then the final
+        click.echo(f"stage {name}: test Dice {stage['dice']:.4f} ({stage['epochs']} epochs, "
+                   f"{stage['steps']} steps, {stage['seconds']:.0f} s)")
     unit = "mm" if m.get("distance_mm") else "px"
     click.echo(
         f"test: Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  HD {m['hd']:.2f} {unit}  "
@@ -227,26 +235,34 @@ def plugins(as_json: bool, options_of: str | None, debug: bool) -> None:
             rows = option_rows(e.cls)
             click.echo(f"{e.kind} '{e.name}' ({e.cls.describe()}): "
                        f"set with --set {e.kind}.options.NAME=VALUE")
+            for line in e.cls.details():
+                click.echo(f"  {line}")
             if not rows:
                 click.echo("  (no options)")
             for row in rows:
-                click.echo(f"  {row['name']:<16} {row['type']:<24} default {row['default']}")
+                default = row["default"] if len(row["default"]) <= 60 else "(above)"
+                click.echo(f"  {row['name']:<16} {row['type']:<24} default {default}")
                 if row["description"]:
                     click.echo(f"  {'':<16} {row['description']}")
         return
     if as_json:
         out = {
             kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
-                    "description": e.cls.describe()} for e in registry.entries(kind)]
+                    "description": e.cls.describe(), **({"details": e.cls.details()}
+                                                         if e.cls.details() else {})}
+                   for e in registry.entries(kind)]
             for kind in KIND_TITLES
         }
         click.echo(json.dumps(out, indent=2))
         return
     for kind, title in KIND_TITLES.items():
         click.echo(f"{title}:")
+        width = max([12, *(len(e.name) for e in registry.entries(kind))])
         for e in registry.entries(kind):
             source = f"{e.plugin} ({e.version})" if e.version else e.plugin
-            click.echo(f"  {e.name:<12} {source:<28} {e.cls.describe()}")
+            click.echo(f"  {e.name:<{width}} {source:<28} {e.cls.describe()}")
+            for line in e.cls.details():
+                click.echo(f"  {'':<{width}}   {line}")
 
 
 @cli.command("config")

@@ -1,9 +1,9 @@
 """The one typed configuration that a TOML/YAML file, the CLI and the Python API all fill.
 
 Component sections, one per kind of :data:`noisyseg.kinds.KINDS` (``dataset``, ``noise``,
-``backbone``, ``reweighter``, ``corrector``), hold a ``name`` and free ``options``; the options
-are validated by the chosen component's own ``Options`` model when the run is built, so a
-plugin brings its own settings (and the run's config.yaml records them all).
+``backbone``, ``loss``, ``reweighter``, ``corrector``, ``recipe``), hold a ``name`` and free
+``options``; the options are validated by the chosen component's own ``Options`` model when the
+run is built, so a plugin brings its own settings (and the run's config.yaml records them all).
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ class TrainConfig(_Section):
 
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps in all")
+    steps: int | None = Field(
+        None, ge=1,
+        description="the run's length in optimiser steps instead of epochs: train.epochs becomes "
+        "steps / steps per epoch, rounded, at least 1 (config.yaml records both)",
+    )
     batch_size: int = Field(16, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)

@@ -161,6 +161,16 @@ def check_calibration(cfg: Config, meta_images: int, needs_meta: bool, include_m
             "images aside")
 
 
+def epochs_for_steps(config: Config, n_train: int) -> Config:
+    """With ``train.steps``: the config whose epochs give about that many optimiser steps on
+    ``n_train`` training images (rounded to whole epochs, at least one)."""
+    t = config.train
+    if t.steps is None:
+        return config
+    epochs = max(1, round(t.steps / steps_per_epoch(n_train, t.batch_size)))
+    return config.model_copy(update={"train": t.model_copy(update={"epochs": epochs})})
+
+
 def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "sgd":
@@ -184,9 +194,11 @@ def run(
     progress: bool = True,
     resume: str | Path | None = None,
     nproc: int | None = None,
+    label: str = "",
     **overrides: Any,
 ) -> RunResult:
-    """Train one model as ``config`` says and evaluate it on the clean test split.
+    """Train one model as ``config`` says and evaluate it on the clean test split; with a
+    ``recipe`` of several stages, train them one after another (:mod:`noisyseg.recipes`).
 
     Args:
         config: a :class:`Config`, plain data, a path to a TOML/YAML/JSON file, or None.
@@ -199,16 +211,31 @@ def run(
             :mod:`noisyseg.distributed`); each takes ``train.batch_size / nproc`` images of every
             batch. The result's ``reweighter`` and ``corrector`` are then None. Under ``torchrun``
             leave it out: the processes are already there.
+        label: shown before the epoch in the progress bar (a recipe's stage).
         **overrides: config fields with ``__`` for nesting, e.g. ``train__epochs=3``.
     """
+    from noisyseg import recipes
+
     checkpoint = None
     if resume is not None:
         if config is not None or overrides:
             raise ConfigError("resume continues a run as it was configured; give no other settings")
+        if recipes.is_recipe_dir(Path(resume)):
+            return recipes.run_recipe(None, plugin_manager or build_plugin_manager(), progress,
+                                      resume=Path(resume), nproc=nproc,
+                                      handed=plugin_manager is not None)
         checkpoint = rundir.load_checkpoint(Path(resume))
         cfg = resolve(checkpoint["config"], output__dir=str(resume))
     else:
         cfg = resolve(config, **overrides)
+        if cfg.recipe.name != KINDS["recipe"].default or cfg.recipe.options:
+            pm = plugin_manager or build_plugin_manager()
+            registry = Registry(pm)
+            recipe = registry.build("recipe", cfg.recipe.name, cfg.recipe.options)
+            if len(recipe.stages) > 1:
+                return recipes.run_recipe(cfg, pm, progress, nproc=nproc,
+                                          handed=plugin_manager is not None)
+            cfg = recipes.stage_config(cfg, recipe, 0, None, registry, out=None)
     world = distributed.env_world()
     if nproc is not None and world.size > 1 and nproc != world.size:
         raise ConfigError(f"nproc {nproc}: this process is already one of {world.size} (torchrun); "
@@ -217,13 +244,13 @@ def run(
         if plugin_manager is not None:
             raise ConfigError("nproc: each process loads the installed plugins itself; a "
                               "plugin_manager cannot be handed to them")
-        return _spawn_run(cfg, resume, nproc, progress)
+        return _spawn_run(cfg, resume, nproc, progress, label)
     device = resolve_device(cfg.device, world)
     created_group = distributed.join(world, device)
     try:
         pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
         with determinism(cfg.deterministic, device):
-            return _run_here(cfg, checkpoint, pm, progress, world, device)
+            return _run_here(cfg, checkpoint, pm, progress, world, device, label)
     finally:
         if created_group:
             distributed.leave()
@@ -231,7 +258,7 @@ def run(
 
 def _run_here(
     cfg: Config, checkpoint: dict[str, Any] | None, pm: pluggy.PluginManager, progress: bool,
-    world: World, device: torch.device,
+    world: World, device: torch.device, label: str = "",
 ) -> RunResult:
     """:func:`run` in this process (one of ``world``)."""
     parts = build_components(cfg, Registry(pm))
@@ -279,6 +306,7 @@ def _run_here(
         )
     train = build_train_set(splits, parts.noise, cfg.noise.rate, cfg.seed, include_meta,
                             cfg.train.meta_only)
+    cfg = epochs_for_steps(cfg, len(train))
     if world.is_main and checkpoint is None:
         for message in size_warnings(len(train), len(splits.meta), cfg.train.batch_size,
                                      cfg.train.epochs, cfg.train.max_steps, needs_meta):
@@ -343,7 +371,7 @@ def _run_here(
         rundir.write_config(run_dir, cfg)
         loop.save_augmented()
     try:
-        history = loop.train(progress and world.is_main)
+        history = loop.train(progress and world.is_main, label)
         final = loop.finish()
     except BaseException as exc:
         kept = (run_dir / rundir.CHECKPOINT).exists()
@@ -358,7 +386,8 @@ def _run_here(
                      reweighter=parts.reweighter, corrector=parts.corrector, loss=parts.loss)
 
 
-def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool) -> RunResult:
+def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool,
+               label: str = "") -> RunResult:
     """:func:`run` in ``nproc`` new processes; rank 0's result, with its model, comes back."""
     distributed.check_nproc(nproc, resolve_device(cfg.device))
     check_augment(cfg, build_components(cfg, Registry(build_plugin_manager())))  # fail here, not in N
@@ -369,7 +398,7 @@ def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: boo
         rundir.check_free(run_dir, cfg.output.overwrite)
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": run_dir})})
     data = None if resume is not None else cfg.model_dump(mode="json")
-    results = distributed.spawn(nproc, _run_in_child, data, resume, progress)
+    results = distributed.spawn(nproc, _run_in_child, data, resume, progress, label)
     main = results[0]
     return RunResult(run_dir=main["run_dir"], metrics=main["metrics"], history=main["history"],
                      config=cfg, model=main["model"])
@@ -381,8 +410,8 @@ def _batch_share_error(batch_size: int, nproc: int) -> str:
 
 
 def _run_in_child(data: dict[str, Any] | None, resume: str | Path | None,
-                  progress: bool) -> dict[str, Any] | None:
-    result = run(data, resume=resume, progress=progress)
+                  progress: bool, label: str = "") -> dict[str, Any] | None:
+    result = run(data, resume=resume, progress=progress, label=label)
     if not distributed.env_world().is_main:
         return None
     return {"run_dir": result.run_dir, "metrics": result.metrics, "history": result.history,

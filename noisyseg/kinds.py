@@ -35,6 +35,10 @@ class Kind:
     default: str
     #: its contract check, by name, in :mod:`noisyseg.testing`
     check_name: str
+    #: in a recipe of several stages: True when each stage picks its own (the training method:
+    #: loss, reweighter, corrector), False when the run's choice reaches every stage (the data,
+    #: the noise, the network)
+    per_stage: bool = False
 
     @property
     def base(self) -> Any:
@@ -54,9 +58,11 @@ KINDS: dict[str, Kind] = {kind.key: kind for kind in (
          "check_noise_model"),
     Kind("backbone", "Backbone", "register_backbones", "backbone", "backbones", "unet",
          "check_backbone"),
-    Kind("loss", "Loss", "register_losses", "loss", "losses", "ce", "check_loss"),
+    Kind("loss", "Loss", "register_losses", "loss", "losses", "ce", "check_loss", per_stage=True),
     Kind("reweighter", "Reweighter", "register_reweighters", "reweighter", "reweighters", "none",
-         "check_reweighter"),
+         "check_reweighter", per_stage=True),
     Kind("corrector", "LabelCorrector", "register_label_correctors", "label corrector",
-         "label correctors", "none", "check_corrector"),
+         "label correctors", "none", "check_corrector", per_stage=True),
+    Kind("recipe", "Recipe", "register_recipes", "recipe", "recipes", "none", "check_recipe",
+         per_stage=True),
 )}

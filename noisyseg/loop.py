@@ -207,7 +207,7 @@ class Loop:
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(len(self.train_set), self.cfg.train.batch_size)
 
-    def train(self, progress: bool) -> list[dict[str, Any]]:
+    def train(self, progress: bool, label: str = "") -> list[dict[str, Any]]:
         cfg = self.cfg
         total = cfg.train.epochs * self.steps_per_epoch
         if cfg.train.max_steps is not None:
@@ -218,7 +218,7 @@ class Loop:
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
                     break
-                bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}")
+                bar.set_description(f"{label}{', ' * bool(label)}epoch {epoch + 1}/{cfg.train.epochs}")
                 start, losses = time.perf_counter(), []
                 stats = WeightStats(cfg.seed + epoch)
                 labels_before = self._snapshot() if self.parts.corrector.changes_labels else None

@@ -174,18 +174,25 @@ def option_rows(cls: type[Component]) -> list[dict[str, str]]:
         if field.is_required():
             default = "required"
         else:
-            value = field.get_default(call_default_factory=True)
-            default = json.dumps(value.model_dump(mode="json") if isinstance(value, BaseModel)
-                                 else value, default=str)
+            default = json.dumps(_plain(field.get_default(call_default_factory=True)), default=str)
         rows.append({"name": name, "type": _type_name(field.annotation), "default": default,
                      "description": field.description or ""})
     return rows
+
+
+def _plain(value: Any) -> Any:
+    """A default as plain data; a model (a recipe's stage) without its fields left at default."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation)
-    for prefix in ("typing.", "pathlib.", "collections.abc."):
+    for prefix in ("typing.", "pathlib.", "collections.abc.", "noisyseg.components."):
         text = text.replace(prefix, "")
     return text.replace("NoneType", "None")

@@ -31,6 +31,8 @@ def default_dir(config: Config) -> Path:
     parts = [config.dataset.name, config.noise.name, config.reweighter.name]
     if config.corrector.name != "none":
         parts.append(config.corrector.name)
+    if config.recipe.name != "none":
+        parts[2:] = [config.recipe.name]
     return Path("runs") / f"{stamp}-{'-'.join(parts)}"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ from noisyseg.components import (
     LabelCorrector,
     Loss,
     NoiseModel,
+    Recipe,
+    RecipeOptions,
     Reweighter,
     RunContext,
     StepContext,
@@ -370,6 +373,29 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
     fresh.setup(labels, cpu_run_context(2))
     fresh.load_state_dict(saved_and_loaded(state))
     assert torch.equal(fresh.labels(torch.arange(6)), after), f"{cls.name}: state does not round-trip"
+
+
+def check_recipe(cls: type[Recipe], options: dict[str, Any] | None = None) -> None:
+    """Options built on RecipeOptions; every stage's config resolves from the default run's (its
+    overlay names real settings and components), and a stage's rules fit the stage before."""
+    from noisyseg.config import Config
+    from noisyseg.plugins import Registry, build_plugin_manager
+    from noisyseg.recipes import Finished, stage_config
+
+    assert issubclass(cls.Options, RecipeOptions), (
+        f"{cls.name}: Options must subclass noisyseg.RecipeOptions (RecipeOptions.defaults(...))")
+    recipe = cls(cls.Options.model_validate(options or {}))
+    assert recipe.stages, f"{cls.name}: a recipe needs at least one stage"
+    registry = Registry(build_plugin_manager())
+    base = Config(output={"dir": "runs/check"})
+    previous = None
+    for i, stage in enumerate(recipe.stages):
+        out = None if len(recipe.stages) == 1 else Path("runs/check") / f"{i + 1}-{stage.name}"
+        config = stage_config(base, recipe, i, previous, registry, out)
+        for key in KINDS:  # every component the stage picks exists, with valid options
+            section = getattr(config, key)
+            registry.build(key, section.name, section.options)
+        previous = Finished(config, {"steps": 100})
 
 
 #: kind key -> its contract check (from the table of kinds)

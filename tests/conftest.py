@@ -25,8 +25,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Generated datasets are cached for the session in a folder of its own (not the user's)."""
+    """Generated datasets are cached for the session in a folder of its own (not the user's),
+    and benchmarks run by the tests write to a results store of their own (not the committed
+    benchmarks/results/results.sqlite)."""
     os.environ["NOISYSEG_CACHE"] = str(tmp_path_factory.mktemp("dataset-cache"))
+    os.environ["NOISYSEG_RESULTS_STORE"] = str(tmp_path_factory.mktemp("store") / "results.sqlite")
 
 
 @pytest.fixture(scope="session")

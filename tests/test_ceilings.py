@@ -120,71 +120,84 @@ def test_init_from_starts_from_the_other_runs_weights(tmp_path: Path) -> None:
                      progress=False)
 
 
-def _accuracy_module():  # benchmarks/ is not a package; its scripts import each other from there
+def _benchmark_module(name: str):  # benchmarks/ is not a package; its scripts import each other
     import sys
 
     if str(ROOT / "benchmarks") not in sys.path:
         sys.path.append(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
+
+
+def _rows(dice: dict[tuple[str, float], float], seeds: tuple[int, ...] = (0, 1)) -> list[dict]:
+    """Store-like rows of dataset 'd': (method, rate) -> Dice; 'clean' is none at rate 0."""
+    return [{"dataset": "d", "noise": "none" if m == "clean" else "dilation",
+             "rate": 0.0 if m == "clean" else r, "method": "none" if m == "clean" else m,
+             "seed": s, "dice": v} for (m, r), v in dice.items() for s in seeds]
 
 
 def test_recovery_is_measured_on_the_none_to_clean_gap() -> None:
-    acc = _accuracy_module()
-    rows = [{"dataset": "d", "rate": r, "method": m, "seed": s, "dice": v}
-            for (r, m, s, v) in [(0.0, "clean", 0, 0.9), (0.0, "clean", 1, 0.8),
-                                 (0.4, "none", 0, 0.7), (0.4, "none", 1, 0.6),
-                                 (0.4, "oracle", 0, 0.85), (0.4, "oracle", 1, 0.7)]]
-    rec, sd = acc.recovery(rows, "d", 0.4, "oracle")
-    assert rec == pytest.approx(0.625)  # (0.775 - 0.65) / (0.85 - 0.65)
+    protocol = _benchmark_module("protocol")
+    rows = [{"dataset": "d", "noise": n, "rate": r, "method": m, "seed": s, "dice": v}
+            for (n, r, m, s, v) in [("none", 0.0, "none", 0, 0.9), ("none", 0.0, "none", 1, 0.8),
+                                    ("dilation", 0.4, "none", 0, 0.7), ("dilation", 0.4, "none", 1, 0.6),
+                                    ("dilation", 0.4, "oracle", 0, 0.85),
+                                    ("dilation", 0.4, "oracle", 1, 0.7)]]
+    rec, sd, seeds = protocol.recovery(rows, "d", "dilation", 0.4, "oracle")
+    assert rec == pytest.approx(0.625) and seeds == 2  # (0.775 - 0.65) / (0.85 - 0.65)
     assert sd == pytest.approx(np.std([0.75, 0.5], ddof=1))
-    assert math.isnan(acc.recovery(rows, "d", 0.4, "mcpm")[0])
+    assert math.isnan(protocol.recovery(rows, "d", "dilation", 0.4, "mcpm")[0])
 
 
 def test_best_is_ranked_among_the_methods_run_at_both_rates() -> None:
-    acc = _accuracy_module()
-    dice = {("clean", 0.0): 0.9, ("none", 0.4): 0.7, ("none", 0.8): 0.5,
-            ("a", 0.4): 0.76, ("a", 0.8): 0.8,       # recovery 0.3 / 0.75
-            ("b", 0.4): 0.78, ("b", 0.8): 0.55,      # recovery 0.4 / 0.125: better at 0.4 only
-            ("mcpm", 0.4): 0.9}                       # r = 0.4 only, recovery 1.0
-    rows = [{"dataset": "d", "rate": r, "method": m, "seed": s, "dice": v}
-            for (m, r), v in dice.items() for s in (0, 1)]
-    for row in rows:
-        row["method"] = {"a": "relabel", "b": "gce"}.get(row["method"], row["method"])
-    assert acc.headline(rows, ["d"]).startswith("best=relabel recovery_r04=0.300 recovery_r08=0.750")
+    acc = _benchmark_module("accuracy")
+    rows = _rows({("clean", 0.0): 0.9, ("none", 0.4): 0.7, ("none", 0.8): 0.5,
+                  ("relabel_finetune", 0.4): 0.76, ("relabel_finetune", 0.8): 0.8,  # 0.3 / 0.75
+                  ("finetune", 0.4): 0.78, ("finetune", 0.8): 0.55,  # 0.4 / 0.125: better at 0.4 only
+                  ("mcpm", 0.4): 0.9})                                 # r = 0.4 only, recovery 1.0
+    methods = ["clean", "none", "relabel_finetune", "finetune", "mcpm"]
+    assert acc.headline(rows, ["d"], methods).startswith(
+        "best=relabel_finetune recovery_r04=0.300 recovery_r08=0.750")
     only_04 = [r for r in rows if r["rate"] != 0.8]
-    assert acc.headline(only_04, ["d"]).startswith("best=mcpm")
+    assert acc.headline(only_04, ["d"], methods).startswith("best=mcpm")
 
 
-def test_a_fine_tune_method_runs_after_the_run_it_starts_from() -> None:
-    acc = _accuracy_module()
-    runs = acc.plan(["d"], [0.4], [0], ["relabel_finetune", "finetune"])
-    methods = [m for _, _, m, _ in runs]
-    assert methods.index("relabel") < methods.index("relabel_finetune")
-    assert methods.index("none") < methods.index("finetune")
-    config = acc.method_config("relabel_finetune", {"train": {"lr": 1e-3}}, Path("runs/relabel"))
-    assert config["train"]["init_from"] == "runs/relabel" and config["train"]["meta_only"]
-    for tuned in acc.FINETUNED:  # every fine-tune, with or without a suffix, continues its start
-        config = acc.method_config(tuned, {"train": {"lr": 1e-3}}, Path("start"))
-        assert config["train"].get("init_from") == "start" and config["train"]["meta_only"], tuned
+def test_methods_are_recipes_or_component_names() -> None:
+    protocol = _benchmark_module("protocol")
+    assert protocol.method_config("finetune_cal") == {"recipe": {"name": "finetune_cal"}}
+    assert protocol.method_config("mcpm+plc+corrector.options.warmup_epochs=2") == {
+        "recipe": {"name": "none"}, "reweighter": {"name": "mcpm"},
+        "corrector": {"name": "plc", "options": {"warmup_epochs": 2}}}
+    assert protocol.method_config("tloss") == {"recipe": {"name": "none"}, "loss": {"name": "tloss"}}
+    with pytest.raises(SystemExit, match="'mcmp' is not a recipe"):
+        protocol.method_config("mcmp")
 
 
-def test_accuracy_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    acc = _accuracy_module()
+def test_no_benchmark_chains_runs_by_itself() -> None:
+    """Chains of runs are recipes: no benchmark starts a run from another's weights."""
+    chained = [p.name for p in (ROOT / "benchmarks").glob("*.py") if "init_from" in p.read_text()]
+    assert not chained, f"{chained} set train.init_from; make the chain a recipe"
+
+
+def test_accuracy_benchmark_runs_end_to_end_into_the_store(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    acc = _benchmark_module("accuracy")
     import sys
 
+    monkeypatch.setenv("NOISYSEG_RESULTS_STORE", str(tmp_path / "store.sqlite"))
     argv = ["accuracy.py", "--preset", "smoke", "--datasets", "synthetic", "--rates", "0.4",
-            "--seeds", "0", "--methods", "clean", "none", "oracle", "finetune", "--out", str(tmp_path)]
-    old, sys.argv = sys.argv, argv
-    try:
-        acc.main()
-    finally:
-        sys.argv = old
+            "--seeds", "0", "--methods", "clean", "none", "oracle", "finetune", "--runs", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    acc.main()
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("best=") and "oracle_recovery_r04=" in last
-    assert len(acc.read_rows(tmp_path / "results.csv")) == 4
+    rows = acc.store.rows()
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"none", "oracle", "finetune"}
+    assert all(r["git_commit"] and r["config_digest"] and r["torch_version"] for r in rows)
+    finetune = next(r for r in rows if r["method"] == "finetune")
+    assert finetune["recipe"] == "finetune" and set(finetune["metrics"]["stages"]) == {
+        "1-train", "2-finetune"}
+    acc.main()  # again: every run is in the store for this commit, nothing runs twice
+    assert len(acc.store.rows()) == 4
 
 
 def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # its scripts import each other from there
+    sys.path.append(str(ROOT / "benchmarks"))
 spec = importlib.util.spec_from_file_location("grid", ROOT / "benchmarks" / "grid.py")
 grid_module = importlib.util.module_from_spec(spec)
 sys.modules["grid"] = grid_module  # pydantic resolves the module's annotations through it
@@ -23,10 +24,17 @@ TINY = {
     "noises": ["dilation"],
     "rates": [0.4],
     "seeds": [0, 1],
-    "methods": ["none", "clean", "meta_only"],
+    "methods": ["none", "clean", "none+train.meta_only=true"],
     "base": {"backbone": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
              "train": {"epochs": 1, "batch_size": 8}, "output": {"figure_images": 0}},
 }
+
+
+@pytest.fixture
+def own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "store.sqlite"
+    monkeypatch.setenv("NOISYSEG_RESULTS_STORE", str(path))
+    return path
 
 
 def test_presets_are_valid_and_plan_the_whole_grid() -> None:
@@ -34,25 +42,28 @@ def test_presets_are_valid_and_plan_the_whole_grid() -> None:
     runs = grid_module.plan(cpu)
     # 7 methods depend on noise and r (2 x 4), 2 do not; 2 datasets, 2 seeds
     assert len(runs) == 2 * 2 * (7 * 2 * 4 + 2)
-    assert len({grid_module.run_id(r) for r in runs}) == len(runs)
+    assert len({r.name for r in runs}) == len(runs)
     paper = grid_module.load_grid(ROOT / "benchmarks" / "grids" / "paper.yaml")
-    config = grid_module.run_config(paper, grid_module.plan(paper)[0], Path("x"))
+    config = grid_module.protocol.spec_config(paper.preset, grid_module.plan(paper)[0], Path("x"))
     assert config["train"]["epochs"] == 120 and config["train"]["batch_size"] == 128
     assert config["dataset"]["options"]["n_train"] == 1906
+    meta = grid_module.protocol.method_config(paper.methods[1])
+    assert meta["train"]["meta_only"] and meta["train"]["lr_decay_epochs"] == [170, 340]
 
 
-def test_tiny_grid_runs_skips_finished_runs_and_summarises(tmp_path: Path,
+def test_tiny_grid_runs_skips_finished_runs_and_summarises(tmp_path: Path, own_store: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     grid = grid_module.load_grid(path)
     out = tmp_path / "out"
     grid_module.run_grid(grid, out)
-    rows = grid_module.read_rows(out / "results.csv")
-    assert len(rows) == 2 * 3
+    rows = grid_module.stored(grid)
+    assert len(rows) == 2 * 3 and {r["benchmark"] for r in rows} == {"grid"}
+    assert {r["preset"] for r in rows} == {"grid-tiny"}
     grid_module.run_grid(grid, out)  # a restart finds nothing left to do
     assert "6 runs done, 0 to go" in capsys.readouterr().out
-    assert len(grid_module.read_rows(out / "results.csv")) == 6
+    assert len(grid_module.stored(grid)) == 6
 
     grid_module.summary(grid, out)
     printed = capsys.readouterr().out.strip().splitlines()
@@ -64,48 +75,27 @@ def test_tiny_grid_runs_skips_finished_runs_and_summarises(tmp_path: Path,
 def test_unknown_method_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**TINY, "methods": ["mcmp"]}))
-    with pytest.raises(SystemExit, match="unknown method"):
+    with pytest.raises(SystemExit, match="'mcmp' is not a recipe"):
         grid_module.load_grid(path)
 
 
-def test_forget_drops_one_method_so_it_runs_again(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    rows = [{**{c: "" for c in grid_module.COLUMNS}, "method": m, "seed": s}
-            for m in ("none", "clean") for s in (0, 1)]
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, grid_module.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    assert grid_module.forget(out, ["clean"]) == 2
-    assert [r["method"] for r in grid_module.read_rows(out / "results.csv")] == ["none", "none"]
-
-
-def test_a_row_with_a_new_column_upgrades_an_older_file(tmp_path: Path) -> None:
-    results = tmp_path / "results.csv"
-    grid_module.append_row(results, {"a": 1, "b": 2}, ["a", "b"])
-    grid_module.append_row(results, {"a": 3, "b": 4, "c": 5}, ["a", "b", "c"])
-    assert grid_module.read_rows(results) == [{"a": "1", "b": "2", "c": ""},
-                                              {"a": "3", "b": "4", "c": "5"}]
-    with pytest.raises(ValueError, match="not among"):  # a file of other results: not mixed in
-        grid_module.append_row(results, {"a": 6}, ["a"])
-
-
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_parallel_executors_fill_the_same_csv_and_retry_failures(tmp_path: Path, executor: str) -> None:
+def test_parallel_executors_fill_the_store_and_retry_failures(tmp_path: Path, executor: str,
+                                                              own_store: Path) -> None:
     if executor == "ray":
         pytest.importorskip("ray", reason="the ray extra is not installed")
-    data = {**TINY, "seeds": [0], "methods": ["none", "clean"],
-            "method_options": {"clean": {"train": {"epochs": 0}}}}  # every clean run fails
+    bad = f"none+train.init_from={tmp_path / 'missing'}"  # every run of it fails
+    data = {**TINY, "seeds": [0], "methods": ["none", bad]}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     out = tmp_path / executor
-    finished, failed = grid_module.run_grid(grid_module.load_grid(path), out, executor, workers=2)
+    grid = grid_module.load_grid(path)
+    finished, failed = grid_module.run_grid(grid, out, executor, workers=2)
     assert (finished, failed) == (1, 1)
-    rows = grid_module.read_rows(out / "results.csv")
-    assert [r["method"] for r in rows] == ["none"] and 0 <= float(rows[0]["dice"]) <= 1
+    rows = grid_module.stored(grid)
+    assert [r["method"] for r in rows] == ["none"] and 0 <= rows[0]["dice"] <= 1
     log = (out / "failures.log").read_text()
-    assert log.count("synthetic-none-r0-clean-s0") == 1 and "train.epochs" in log
+    assert log.count(f"synthetic-dilation-r0.4-{bad}-s0") == 1 and "train.init_from" in log
 
 
 def test_runs_on_cuda_get_one_worker_per_gpu() -> None:

@@ -53,7 +53,7 @@ print("config.yaml sampler:", result.config.sampler.name, saved.count("sampler:"
 
 
 def test_every_place_derives_from_the_table() -> None:
-    assert list(KINDS) == ["dataset", "noise", "backbone", "loss", "reweighter", "corrector"]
+    assert list(KINDS) == ["dataset", "noise", "backbone", "loss", "reweighter", "corrector", "recipe"]
     for key, kind in KINDS.items():
         assert getattr(Config(), key).name == kind.default
         assert callable(getattr(hookspecs, kind.hook))

@@ -1,4 +1,5 @@
-"""``trunc``: ignore the q% largest-loss pixels of each image.
+"""``trunc``: ignore the q% largest-loss pixels of each image; ``trunc_finetune``: a recipe that
+trains with it, then fine-tunes on the clean meta images.
 
 A truncated loss, the simplest small-loss rule (cf. co-teaching's selection, Han et al. 2018,
 without a peer network): pixels whose loss is in the top q% of their image get weight 0, the
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from noisyseg import Reweighter, StepContext, hookimpl
+from noisyseg import Recipe, RecipeOptions, Reweighter, Stage, StepContext, hookimpl
 
 
 class TruncOptions(BaseModel):
@@ -41,3 +42,19 @@ class TruncReweighter(Reweighter):
 @hookimpl
 def register_reweighters() -> list[type[Reweighter]]:
     return [TruncReweighter]
+
+
+class TruncFinetuneRecipe(Recipe):
+    """Train with the trunc reweighter, then fine-tune on the clean meta images."""
+
+    name = "trunc_finetune"
+    Options = RecipeOptions.defaults([
+        Stage(name="train", set={"reweighter": {"name": "trunc"}}),
+        Stage(name="finetune", start_from_previous=True, meta_only=True, lr_factor=0.1,
+              step_share=0.2),
+    ])
+
+
+@hookimpl
+def register_recipes() -> list[type[Recipe]]:
+    return [TruncFinetuneRecipe]

@@ -1,0 +1,248 @@
+"""The one results store of every benchmark run: an SQLite file, benchmarks/results/results.sqlite.
+
+Why SQLite: it is in Python's standard library (nothing to install or serve), one file that git
+keeps beside the code, queried with SQL (``sqlite3 benchmarks/results/results.sqlite``; the
+metrics are JSON, read with ``json_extract``), and it enforces what a CSV cannot: a run is
+stored once (a UNIQUE key) and a write is all or nothing (a transaction).
+
+One row per run: which benchmark ran it and with which preset, the dataset, the noise (a label
+and its options), the rate, the method (a recipe name, optionally with component picks, e.g.
+``none+reweighter=oracle``), the seed, every final metric (JSON; a recipe's stages inside), the
+digest of the resolved config and the config itself, the git commit and whether the tree had
+uncommitted changes (then a digest of them), the torch version, the device, the seconds and the
+date. The same config digest on the same commit and tree is one row: a benchmark asks
+:func:`done` before running and :func:`record` ignores a second copy. Results of other commits
+stay beside it.
+
+    python benchmarks/store.py                  # what the store holds, per benchmark and commit
+    python benchmarks/store.py --sql "select method, count(*) from runs group by method"
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+STORE = HERE / "results" / "results.sqlite"
+#: set it to write somewhere else (the tests do)
+STORE_ENV = "NOISYSEG_RESULTS_STORE"
+
+
+def store_path() -> Path:
+    """The store's file: benchmarks/results/results.sqlite, or $NOISYSEG_RESULTS_STORE."""
+    return Path(os.environ.get(STORE_ENV) or STORE)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    benchmark TEXT NOT NULL,          -- the script that ran it (accuracy, noise_suite, grid, ...)
+    preset TEXT,                      -- its size: cpu, paper, smoke, ...
+    dataset TEXT,                     -- a label (the preset gives its options)
+    noise TEXT,                       -- a label, e.g. dilation, alphabeta-a0.5-b0.5
+    noise_options TEXT,               -- JSON
+    rate REAL,                        -- share of images corrupted (0: the clean-label run)
+    method TEXT,                      -- recipe name, optionally + component picks
+    recipe TEXT,
+    seed INTEGER,
+    dice REAL,                        -- the final test Dice (also in metrics)
+    metrics TEXT NOT NULL,            -- JSON: every final metric, a recipe's stages inside
+    config_digest TEXT NOT NULL,      -- sha256 of the resolved config without its output section
+    config BLOB,                      -- that config, JSON, zlib-compressed
+    git_commit TEXT NOT NULL,         -- HEAD when the run started ('unknown' for migrated rows)
+    git_tree TEXT NOT NULL,           -- 'clean', or 'dirty-<digest of the uncommitted changes>'
+    torch_version TEXT,
+    device TEXT,
+    seconds REAL,
+    date TEXT,                        -- ISO date and time the row was written (UTC)
+    note TEXT,                        -- e.g. where a migrated row came from
+    UNIQUE (config_digest, git_commit, git_tree)
+);
+"""
+COLUMNS = ("benchmark", "preset", "dataset", "noise", "noise_options", "rate", "method", "recipe",
+           "seed", "dice", "metrics", "config_digest", "config", "git_commit", "git_tree",
+           "torch_version", "device", "seconds", "date", "note")
+
+
+@contextmanager
+def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
+    """The store, created when missing; one transaction, committed when the block ends."""
+    path = path or store_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path, timeout=60)) as db:
+        db.row_factory = sqlite3.Row
+        db.executescript(SCHEMA)
+        with db:
+            yield db
+
+
+@functools.lru_cache(maxsize=1)
+def code_state() -> tuple[str, str]:
+    """(commit, tree) of the checkout the benchmark runs from: the tree is 'clean', or 'dirty-'
+    and a digest of ``git diff HEAD`` plus the untracked files' names (so two different dirty
+    states are two states). Read once per process, when the first run starts."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout
+
+    commit = git("rev-parse", "HEAD").strip() or "unknown"
+    diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", ".",
+                    ":(exclude)benchmarks/results")
+    if not diff and not untracked:
+        return commit, "clean"
+    return commit, "dirty-" + hashlib.sha256((diff + untracked).encode()).hexdigest()[:12]
+
+
+def resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as a run resolves it (every component's options filled in), without its
+    output section (where a run writes does not change its result)."""
+    from noisyseg.config import resolve
+    from noisyseg.engine import build_components, with_options
+    from noisyseg.plugins import Registry
+
+    cfg = resolve(config)
+    data = with_options(cfg, build_components(cfg, Registry(_plugin_manager()))).model_dump(mode="json")
+    data.pop("output", None)
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def _plugin_manager() -> Any:
+    from noisyseg.plugins import build_plugin_manager
+
+    return build_plugin_manager()
+
+
+def digest(config: dict[str, Any]) -> str:
+    """sha256 of the resolved config (:func:`resolved`), keys sorted."""
+    return hashlib.sha256(json.dumps(resolved(config), sort_keys=True).encode()).hexdigest()
+
+
+def done(config_digest: str, path: Path | None = None) -> dict[str, Any] | None:
+    """The stored row of this config on this commit and tree, or None."""
+    path = path or store_path()
+    if not path.exists():
+        return None
+    commit, tree = code_state()
+    with connect(path) as db:
+        row = db.execute("SELECT * FROM runs WHERE config_digest = ? AND git_commit = ? AND "
+                         "git_tree = ?", (config_digest, commit, tree)).fetchone()
+    return _row(row) if row is not None else None
+
+
+def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | None = None,
+           path: Path | None = None, **fields: Any) -> dict[str, Any]:
+    """Store one run (a second copy of the same config on the same commit and tree is ignored)
+    and return its row. ``fields``: preset, dataset, noise, noise_options, rate, method,
+    recipe, seed, seconds, device, note (any may be left out, e.g. by a speed benchmark)."""
+    import torch
+
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise TypeError(f"record(): unknown fields {sorted(unknown)}")
+    commit, tree = code_state()
+    data = resolved(config) if config is not None else None
+    row = {
+        **dict.fromkeys(COLUMNS), **fields,
+        "benchmark": benchmark,
+        "dice": _finite(metrics.get("dice")),
+        "metrics": json.dumps(_json_safe(metrics), sort_keys=True),
+        "config_digest": (hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+                          if data is not None else _metrics_digest(benchmark, fields)),
+        "config": zlib.compress(json.dumps(data, sort_keys=True).encode()) if data is not None else None,
+        "git_commit": fields.get("git_commit", commit),
+        "git_tree": fields.get("git_tree", tree),
+        "torch_version": fields.get("torch_version", torch.__version__),
+        "date": fields.get("date", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
+    }
+    if isinstance(row["noise_options"], dict):
+        row["noise_options"] = json.dumps(row["noise_options"], sort_keys=True)
+    with connect(path) as db:
+        db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
+                   f"({', '.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS])
+    return {**row, "metrics": _json_safe(metrics)}
+
+
+def _metrics_digest(benchmark: str, fields: dict[str, Any]) -> str:
+    """A run without a noisyseg config (a timing): its identity is the benchmark and its fields."""
+    key = {k: v for k, v in fields.items() if k not in ("seconds", "date", "note")}
+    return hashlib.sha256(json.dumps([benchmark, key], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def rows(path: Path | None = None, **where: Any) -> list[dict[str, Any]]:
+    """Stored rows matching ``where`` (column = value; a list or tuple: any of them), metrics
+    as a dict, oldest first."""
+    path = path or store_path()
+    if not path.exists():
+        return []
+    clauses, args = [], []
+    for column, value in where.items():
+        if column not in COLUMNS:
+            raise TypeError(f"rows(): unknown column {column!r}")
+        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
+        clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+        args += values
+    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+    with connect(path) as db:
+        return [_row(r) for r in db.execute(sql, args)]
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["metrics"] = json.loads(out["metrics"])
+    out.pop("config", None)
+    return out
+
+
+def config_of(row_id: int, path: Path | None = None) -> dict[str, Any] | None:
+    """The resolved config a stored run trained with."""
+    with connect(path) as db:
+        blob = db.execute("SELECT config FROM runs WHERE id = ?", (row_id,)).fetchone()[0]
+    return json.loads(zlib.decompress(blob)) if blob else None
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sql", help="run this query and print the rows")
+    parser.add_argument("--store", type=Path, default=None, help=f"default: {STORE}")
+    args = parser.parse_args()
+    query = args.sql or ("SELECT benchmark, preset, substr(git_commit, 1, 10) AS commit_, git_tree, "
+                         "count(*) AS runs, min(date) AS first, max(date) AS last FROM runs "
+                         "GROUP BY benchmark, preset, git_commit, git_tree ORDER BY last")
+    with connect(args.store) as db:
+        cursor = db.execute(query)
+        names = [d[0] for d in cursor.description]
+        print("\t".join(names))
+        for r in cursor:
+            print("\t".join("" if v is None else str(v) for v in r))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
