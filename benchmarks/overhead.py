@@ -21,7 +21,9 @@ Each pair is timed ``--repeats`` times, alternating, and the medians compared.
     python benchmarks/overhead.py [--device cpu|cuda] [--settings default,paper] [--repeats 3]
 
 One line per setting, then last ``overhead_cpu=<x>`` (or ``overhead_cuda=<x>``): the larger of
-the settings' ratios noisyseg / bare.
+the settings' ratios noisyseg / bare. Each setting is a row of the results store (benchmark
+``overhead``, preset the setting, method ``none``, metrics the medians, the ratio and every
+timed run), and the last line one more (preset the settings, comma-separated; no method).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import store
 import torch
 import torch.nn.functional as F
 
@@ -43,7 +46,9 @@ from noisyseg import Registry, build_plugin_manager
 from noisyseg.config import merge, resolve
 from noisyseg.data import build_train_set
 from noisyseg.datacache import load_splits
-from noisyseg.losses import out_channels
+from noisyseg.outputs import out_channels
+
+BENCHMARK = "overhead"
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {"train": {"epochs": 4}},
@@ -68,11 +73,11 @@ def time_noisyseg(config: dict[str, Any], device: torch.device) -> float:
     seconds: list[float] = []
     original = noisyseg.loop.Loop.train
 
-    def timed(self: noisyseg.loop.Loop, progress: bool) -> list[dict[str, Any]]:
+    def timed(self: noisyseg.loop.Loop, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         sync(device)
         start = time.perf_counter()
         try:
-            return original(self, progress)
+            return original(self, *args, **kwargs)
         finally:
             sync(device)
             seconds.append(time.perf_counter() - start)
@@ -149,19 +154,28 @@ def main() -> None:
             times["noisyseg"].append(time_noisyseg(quiet, device))
             times["bare"].append(time_bare(config, device))
         times["with_eval"].append(time_noisyseg(config, device))
-        fast = ""
+        fast, nondeterministic = "", None
         if device.type == "cuda":  # the deterministic setting's cost
-            t = time_noisyseg(merge(quiet, {"deterministic": False}), device)
+            t = nondeterministic = time_noisyseg(merge(quiet, {"deterministic": False}), device)
             fast = f"; deterministic=false {t:.2f} s ({t / statistics.median(times['bare']):.3f})"
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["noisyseg"] / med["bare"]
         ratios.append(ratio)
+        store.record(benchmark=BENCHMARK, preset=name, method="none", device=str(device), metrics={
+            "noisyseg_s": med["noisyseg"], "bare_s": med["bare"], "ratio": ratio,
+            "with_eval_s": med["with_eval"], "with_eval_ratio": med["with_eval"] / med["bare"],
+            "nondeterministic_s": nondeterministic, "noisyseg_runs": times["noisyseg"],
+            "bare_runs": times["bare"], "repeats": args.repeats, "threads": args.threads})
         print(f"{name}: noisyseg {med['noisyseg']:.2f} s, bare {med['bare']:.2f} s, ratio "
               f"{ratio:.3f}; with test scoring every epoch {med['with_eval']:.2f} s "
               f"({med['with_eval'] / med['bare']:.3f}){fast} | noisyseg runs "
               f"{' '.join(f'{t:.2f}' for t in times['noisyseg'])}, bare "
               f"{' '.join(f'{t:.2f}' for t in times['bare'])}", flush=True)
     print(f"overhead_{device.type}={max(ratios):.3f}")
+    store.record(benchmark=BENCHMARK, preset=args.settings, device=str(device),
+                 note="the last line: the largest ratio noisyseg / bare",
+                 metrics={f"overhead_{device.type}": max(ratios), "repeats": args.repeats,
+                          "threads": args.threads})
 
 
 if __name__ == "__main__":

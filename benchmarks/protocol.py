@@ -19,6 +19,7 @@ noisy labels, 1 is training on the clean ones.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import statistics
 import time
@@ -28,11 +29,7 @@ from typing import Any
 
 import store
 
-import noisyseg
-import noisyseg.engine
-import noisyseg.recipes
 from noisyseg.config import merge, parse_assignment
-from noisyseg.metrics import best_epoch_dice
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -82,6 +79,20 @@ NOISES: dict[str, dict[str, Any]] = {
     "erosion": {"name": "erosion"},
     "elastic": {"name": "elastic"},                        # its defaults: zoom 0.9-1.4, dilation 0-2
     "elastic_nobias": {"name": "elastic", "options": {"zoom": [0.85, 1.15], "dilation": [0, 0]}},
+    "dilation_r3": {"name": "dilation", "options": {"max_radius": 3}},   # volumes: a 0-3 voxel ball
+    # the literature's protocols (docs/noise.md). alphabeta: T-Loss's settings, alpha sets the
+    # share of images (the suite's rate is the same number)
+    "alphabeta_a05_b05": {"name": "alphabeta", "options": {"alpha": 0.5, "beta": 0.5}},
+    "alphabeta_a07_b07": {"name": "alphabeta", "options": {"alpha": 0.7, "beta": 0.7}},
+    # SpatialCorrection's JSRT setting (T 180, theta2 0.05, theta3 0.2) with T scaled by 48/256
+    # (48 px patches, 256 px JSRT images: the same drift relative to the image) to 34; the blur
+    # (sigma 2) and the flips are per pixel and stay. Masks: Dice 0.80 (grow) / 0.69 (shrink)
+    # against the clean ones on the cpu preset's synthetic lesions
+    "markov_grow": {"name": "markov", "options": {"steps": 34, "theta1": 0.8}},
+    "markov_shrink": {"name": "markov", "options": {"steps": 34, "theta1": 0.2}},
+    # PyMIC's radii 6-12 px on 256 px JSRT images, scaled by 48/256 to 1-2 px (Dice 0.81)
+    "jsrt": {"name": "jsrt", "options": {"min_radius": 1, "max_radius": 2}},
+    "pseudo": {"name": "pseudo"},                          # a weak U-Net on 8 meta images
 }
 
 
@@ -107,7 +118,9 @@ def clean_spec(dataset: str, seed: int) -> Spec:
 
 @functools.lru_cache(maxsize=1)
 def _registry() -> Any:
-    return noisyseg.Registry(noisyseg.build_plugin_manager())
+    from noisyseg.plugins import Registry, build_plugin_manager
+
+    return Registry(build_plugin_manager())
 
 
 def method_config(label: str) -> dict[str, Any]:
@@ -134,6 +147,21 @@ def method_config(label: str) -> dict[str, Any]:
     return config
 
 
+def method_args(label: str) -> list[str]:
+    """The ``noisyseg run`` options of a method label: one ``--set KEY=VALUE`` per setting of
+    :func:`method_config` (for the benchmarks that run the command line)."""
+    def leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for key, value in data.items():
+            if isinstance(value, dict) and value:
+                out += leaves(value, f"{prefix}{key}.")
+            else:
+                out += ["--set", f"{prefix}{key}={json.dumps(value)}"]
+        return out
+
+    return leaves(method_config(label))
+
+
 def spec_config(preset: dict[str, Any], spec: Spec, run_dir: Path) -> dict[str, Any]:
     """The whole config of one run."""
     config = merge(preset["base"], method_config(spec.method))
@@ -148,6 +176,11 @@ def run_one(benchmark: str, preset_name: str, preset: dict[str, Any], spec: Spec
             reuse: bool = False) -> dict[str, Any]:
     """Run ``spec`` unless the store holds it for this commit (``reuse``: for any commit), record
     it, and return its row. An interrupted run in ``runs`` goes on where it stopped."""
+    import noisyseg
+    from noisyseg.build import resolve_device
+    from noisyseg.metrics import best_epoch_dice
+    from noisyseg.recipes import is_recipe_dir
+
     run_dir = runs / spec.name
     config = spec_config(preset, spec, run_dir)
     key = store.digest(config)
@@ -155,7 +188,7 @@ def run_one(benchmark: str, preset_name: str, preset: dict[str, Any], spec: Spec
     if known is not None:
         return known
     start = time.perf_counter()
-    if (run_dir / "checkpoint.pt").exists() or noisyseg.recipes.is_recipe_dir(run_dir):
+    if (run_dir / "checkpoint.pt").exists() or is_recipe_dir(run_dir):
         if not (run_dir / "metrics.json").exists():
             result = noisyseg.run(resume=run_dir, progress=False)
         else:
@@ -169,7 +202,7 @@ def run_one(benchmark: str, preset_name: str, preset: dict[str, Any], spec: Spec
         benchmark=benchmark, preset=preset_name, dataset=spec.dataset, noise=spec.noise,
         noise_options=NOISES[spec.noise].get("options", {}), rate=spec.rate, method=spec.method,
         recipe=result.config.recipe.name, seed=spec.seed, metrics=metrics, config=config,
-        device=str(noisyseg.engine.resolve_device(result.config.device)),
+        device=str(resolve_device(result.config.device)),
         seconds=round(time.perf_counter() - start, 1))
 
 

@@ -111,8 +111,8 @@ def code_state() -> tuple[str, str]:
 def resolved(config: dict[str, Any]) -> dict[str, Any]:
     """The config as a run resolves it (every component's options filled in), without its
     output section (where a run writes does not change its result)."""
+    from noisyseg.build import build_components, with_options
     from noisyseg.config import resolve
-    from noisyseg.engine import build_components, with_options
     from noisyseg.plugins import Registry
 
     cfg = resolve(config)
@@ -179,8 +179,10 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
 
 
 def _metrics_digest(benchmark: str, fields: dict[str, Any]) -> str:
-    """A run without a noisyseg config (a timing): its identity is the benchmark and its fields."""
-    key = {k: v for k, v in fields.items() if k not in ("seconds", "date", "note")}
+    """A run without a noisyseg config (a timing): its identity is the benchmark, its fields
+    and the moment it was taken (a timing taken again is a new measurement, not a copy)."""
+    key = {k: v for k, v in fields.items() if k not in ("seconds", "note")}
+    key.setdefault("date", datetime.datetime.now(datetime.UTC).isoformat())
     return hashlib.sha256(json.dumps([benchmark, key], sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -197,7 +199,7 @@ def rows(path: Path | None = None, **where: Any) -> list[dict[str, Any]]:
         values = list(value) if isinstance(value, (list, tuple, set)) else [value]
         clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
         args += values
-    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY date, id"
     with connect(path) as db:
         return [_row(r) for r in db.execute(sql, args)]
 

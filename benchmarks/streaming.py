@@ -16,7 +16,9 @@ the epoch and again with distances. A watcher reads the process's /proc status e
 The stream runs build their cache first (in a fresh cache folder), inside the measured process.
 The last line is ``anon_mb_memory=<a,..> anon_mb_stream=<b,..> slope_memory_kb=<x>
 slope_stream_kb=<y>``: the peaks per size and the growth per image from the smallest to the
-largest size.
+largest size. Each size and mode is a row of the results store (benchmark ``streaming``, dataset
+folder, preset ``<side>px-n<images>-<mode>``; metrics anon_mb, rss_mb, seconds), and the last
+line one more (preset ``<side>px-n<sizes, comma-separated>``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import store
+
+BENCHMARK = "streaming"
 
 RUN = """
 import sys, noisyseg
@@ -129,6 +134,10 @@ def main() -> None:
             mode = "stream" if stream else "memory"
             m = measure(root, stream, work, f"{n}-{mode}")
             rows.append((n, mode, m))
+            store.record(benchmark=BENCHMARK, preset=f"{args.size}px-n{n}-{mode}", dataset="folder",
+                         noise="dilation", device="cpu", seconds=round(m["seconds"], 1),
+                         metrics={"anon_mb": m["anon"], "rss_mb": m["rss"], "seconds": m["seconds"],
+                                  "images": n, "side": args.size, "stream": stream})
             print(f"| {n} | {mode} | {m['anon']:.0f} | {m['rss']:.0f} | {m['seconds']:.0f} |", flush=True)
 
     def peaks(mode: str) -> list[float]:
@@ -141,6 +150,11 @@ def main() -> None:
     print(f"anon_mb_memory={','.join(f'{v:.0f}' for v in peaks('memory'))} "
           f"anon_mb_stream={','.join(f'{v:.0f}' for v in peaks('stream'))} "
           f"slope_memory_kb={slope('memory'):.1f} slope_stream_kb={slope('stream'):.1f}")
+    store.record(benchmark=BENCHMARK, preset=f"{args.size}px-n{','.join(map(str, sizes))}",
+                 dataset="folder", noise="dilation", device="cpu", note="the last line",
+                 metrics={"sizes": sizes, "anon_mb_memory": peaks("memory"),
+                          "anon_mb_stream": peaks("stream"), "slope_memory_kb": slope("memory"),
+                          "slope_stream_kb": slope("stream")})
 
 
 if __name__ == "__main__":

@@ -9,34 +9,28 @@ the training cube. White matter is the label; 40% of the training cubes get thei
 by a 3-D ball of radius 0-3 voxels. A 3-D U-Net (base 8, depth 3), Adam 1e-3, cosine, batch 8.
 Dice and HD95 are taken per test volume, HD95 in mm (the template's spacing).
 
-Prints one line per run (also appended to ``<out>/results.csv``), a table of means and sds over
-seeds (with the clean-label run as the ceiling), and last
-``dice3d_none=<a> dice3d_mcpm=<b> hd95_mm_none=<c>`` (means over seeds).
+Every run goes to the results store (preset ``volumes``; a run the store holds for this commit
+is not run again). Prints one line per run, a table of means and sds over seeds (with the
+clean-label run as the ceiling), and last ``dice3d_none=<a> dice3d_mcpm=<b> hd95_mm_none=<c>``
+(means over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-import noisyseg
-from noisyseg.metrics import best_epoch_dice
+from protocol import Spec as Run
+from protocol import clean_spec, run_one
 
+BENCHMARK = "volumes"
 DATASETS = {
     "mni152": {"name": "mni152", "options": {"dims": 3, "labels": "wm"}},
     "synthetic": {"name": "synthetic", "options": {"dims": 3, "n_train": 120, "n_meta": 20,
                                                    "n_test": 40}},
 }
-METHODS: dict[str, dict[str, Any]] = {
-    "clean": {"noise": {"rate": 0.0}},
-    "none": {},
-    "mcpm": {"reweighter": {"name": "mcpm"}},
-}
+METHODS = ("clean", "none", "mcpm")
 
 
 def main() -> None:
@@ -44,41 +38,28 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mni152")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help="labels, as accuracy.py reads them")
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "benchmarks" / BENCHMARK,
+                        help="where the run directories go")
     args = parser.parse_args()
-
-    out = args.out or Path(tempfile.mkdtemp(prefix="volumes-"))
+    preset = {"datasets": DATASETS, "base": {
+        "device": "cpu", "backbone": {"name": "unet", "options": {"base_channels": 8, "depth": 3}},
+        "train": {"epochs": args.epochs, "batch_size": 8, "lr": 1e-3, "schedule": "cosine"},
+        "output": {"figure_images": 2}}}
+    name = "volumes" if args.epochs == 8 else f"volumes-{args.epochs}ep"
     scores: dict[str, dict[str, list[float]]] = {m: {"dice": [], "hd95": []} for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            start = time.perf_counter()
-            config = noisyseg.Config.model_validate({
-                "dataset": DATASETS[args.dataset], "device": "cpu", "seed": seed,
-                "noise": {"name": "dilation", "rate": 0.4, "options": {"max_radius": 3}},
-                "backbone": {"name": "unet", "options": {"base_channels": 8, "depth": 3}},
-                "train": {"epochs": args.epochs, "batch_size": 8, "lr": 1e-3, "schedule": "cosine"},
-                "output": {"dir": str(out / f"{method}-seed{seed}"), "overwrite": True,
-                           "figure_images": 2},
-            }).model_dump(mode="json")
-            for key, value in METHODS[method].items():
-                config[key] = {**config.get(key, {}), **value}
-            result = noisyseg.run(config, progress=False)
-            m = result.metrics
+            run = clean_spec(args.dataset, seed) if method == "clean" else Run(
+                args.dataset, "dilation_r3", 0.4, method, seed)
+            row = run_one(BENCHMARK, name, preset, run, args.runs)
+            m = row["metrics"]
             scores[method]["dice"].append(m["dice"])
             scores[method]["hd95"].append(m["hd95"])
-            seconds = time.perf_counter() - start
             print(f"{method:<5} seed={seed} dice={m['dice']:.4f} hd95={m['hd95']:.2f} mm "
-                  f"best_epoch_dice={best_epoch_dice(result.history):.4f} "
-                  f"({seconds:.0f} s) {result.run_dir}", flush=True)
-            with open(out / "results.csv", "a", newline="") as f:
-                writer = csv.writer(f)
-                if f.tell() == 0:
-                    writer.writerow(["dataset", "method", "seed", "dice", "hd95_mm",
-                                     "best_epoch_dice", "seconds"])
-                writer.writerow([args.dataset, method, seed, round(m["dice"], 5),
-                                 round(m["hd95"], 4), round(best_epoch_dice(result.history), 5),
-                                 round(seconds, 1)])
+                  f"best_epoch_dice={m['best_dice']:.4f} ({row['seconds']:.0f} s, commit "
+                  f"{row['git_commit'][:10]})", flush=True)
 
     def summary(values: list[float]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0

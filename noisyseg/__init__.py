@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 #: every public name and the module that defines it
 _EXPORTS = {
-    **dict.fromkeys(("Backbone", "Dataset", "LabelCorrector", "Loss", "NoiseModel", "Recipe",
-                     "RecipeOptions", "Reweighter", "RunContext", "Split", "Splits", "Stage",
-                     "StepContext", "mean_one"),
+    **dict.fromkeys(("Backbone", "Dataset", "LabelCorrector", "Loss", "MaskWriter", "NoiseModel",
+                     "Recipe", "RecipeOptions", "Reweighter", "RunContext", "Split", "Splits",
+                     "Stage", "StepContext", "mean_one"),
                     "noisyseg.components"),
+    "AuditResult": "noisyseg.auditor",
+    "audit": "noisyseg.auditor",
     "Config": "noisyseg.config",
     "RunResult": "noisyseg.engine",
-    "run": "noisyseg.engine",
+    "run": "noisyseg.api",
     **dict.fromkeys(("CheckpointError", "ConfigError", "DataError", "DataWarning", "NoisysegError",
                      "NumericalError", "PluginError"), "noisyseg.errors"),
     "hookimpl": "noisyseg.hookspecs",
@@ -29,11 +31,14 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from noisyseg.api import run
+    from noisyseg.auditor import AuditResult, audit
     from noisyseg.components import (
         Backbone,
         Dataset,
         LabelCorrector,
         Loss,
+        MaskWriter,
         NoiseModel,
         Recipe,
         RecipeOptions,
@@ -46,7 +51,7 @@ if TYPE_CHECKING:
         mean_one,
     )
     from noisyseg.config import Config
-    from noisyseg.engine import RunResult, run
+    from noisyseg.engine import RunResult
     from noisyseg.errors import (
         CheckpointError,
         ConfigError,
@@ -65,11 +70,12 @@ except metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [  # the same names as _EXPORTS (a test compares them)
-    "Backbone", "CheckpointError", "Config", "ConfigError", "DataError", "DataWarning", "Dataset",
-    "LabelCorrector", "Loss", "NoiseModel", "NoisysegError", "NumericalError", "PluginError", "Recipe",
+    "AuditResult", "Backbone", "CheckpointError", "Config", "ConfigError", "DataError", "DataWarning",
+    "Dataset", "LabelCorrector", "Loss", "MaskWriter", "NoiseModel", "NoisysegError", "NumericalError",
+    "PluginError", "Recipe",
     "RecipeOptions", "Registry", "Reweighter", "RunContext", "RunResult", "Split", "Splits", "Stage",
     "StepContext",
-    "build_plugin_manager", "hookimpl", "mean_one", "run",
+    "audit", "build_plugin_manager", "hookimpl", "mean_one", "run",
 ]
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import click
 
-from noisyseg.config import load_file, merge, parse_assignment, resolve
 from noisyseg.errors import ConfigError, NoisysegError
 from noisyseg.kinds import KINDS
 
@@ -82,24 +81,66 @@ def cli() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
+def _run_options(out_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options that configure a run (--config, the component flags, --epochs ... --set), for
+    every command that trains; ``out_help`` says what --out names."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed((
+            click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                         help="TOML, YAML or JSON file; flags given here override it."),
+            _kind_flags,
+            click.option("--noise-rate", type=float,
+                         help="Fraction r of training images corrupted, in [0, 1] (default: 0.4)."),
+            click.option("--epochs", type=int, help="Training epochs (default: 10)."),
+            click.option("--max-steps", type=int, help="Stop after this many optimiser steps in all."),
+            click.option("--batch-size", type=int, help="Images per step (default: 16)."),
+            click.option("--lr", type=float, help="Learning rate (default: 0.001)."),
+            click.option("--seed", type=int,
+                         help="Seed of the run: noise, initialisation, batch order (default: 0)."),
+            click.option("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N."),
+            click.option("--out", type=click.Path(file_okay=False, path_type=Path), help=out_help),
+            click.option("--overwrite", is_flag=True, default=None,
+                         help="Allow writing into a directory that holds a run."),
+            click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                         help="Set any config field, e.g. --set reweighter.options.alpha=0.01 "
+                         "(repeatable)."),
+        )):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+#: where each flag of :func:`_run_options` goes in the config
+_FLAG_PATHS: dict[str, tuple[str, ...]] = {
+    **{key: (key, "name") for key in KINDS}, "noise_rate": ("noise", "rate"),
+    "epochs": ("train", "epochs"), "max_steps": ("train", "max_steps"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("seed",),
+    "device": ("device",), "out": ("output", "dir"), "overwrite": ("output", "overwrite"),
+}
+
+
+def _config_data(config_file: Path | None, assignments: tuple[str, ...],
+                 flags: dict[str, Any]) -> dict[str, Any]:
+    """The settings a command line gives: the file, then the flags, then --set (plain data)."""
+    from noisyseg.config import load_file, merge, parse_assignment  # (pydantic: when needed)
+
+    data: dict[str, Any] = load_file(config_file) if config_file else {}
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        nested: Any = str(value) if isinstance(value, Path) else value
+        for key in reversed(_FLAG_PATHS[flag]):
+            nested = {key: nested}
+        data = merge(data, nested)
+    for text in assignments:
+        data = merge(data, parse_assignment(text))
+    return data
+
+
 @cli.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML, YAML or JSON file; flags given here override it.")
-@_kind_flags
-@click.option("--noise-rate", type=float,
-              help="Fraction r of training images corrupted, in [0, 1] (default: 0.4).")
-@click.option("--epochs", type=int, help="Training epochs (default: 10).")
-@click.option("--max-steps", type=int, help="Stop after this many optimiser steps in all.")
-@click.option("--batch-size", type=int, help="Images per step (default: 16).")
-@click.option("--lr", type=float, help="Learning rate (default: 0.001).")
-@click.option("--seed", type=int, help="Seed of the run: noise, initialisation, batch order (default: 0).")
-@click.option("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (default: runs/<time>-<dataset>-<noise>-<reweighter>).")
-@click.option("--overwrite", is_flag=True, default=None,
-              help="Allow writing into a directory that holds a run.")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Set any config field, e.g. --set reweighter.options.alpha=0.01 (repeatable).")
+@_run_options("Run directory (default: runs/<time>-<dataset>-<noise>-<reweighter>).")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
               help="Continue an interrupted run from its last checkpoint, as it was configured.")
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N",
@@ -144,7 +185,7 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
       noisyseg run --loss tloss --corrector clslsr
       noisyseg run --dataset mni152 --set dataset.options.dims=3   # 3-D volumes
     """
-    from noisyseg.engine import run as run_engine
+    from noisyseg.api import run as run_engine
 
     if resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
@@ -157,26 +198,70 @@ def run(config_file: Path | None, assignments: tuple[str, ...], resume: Path | N
         _report(result.metrics, result.run_dir)
         return
 
-    data: dict[str, Any] = load_file(config_file) if config_file else {}
-    paths = {
-        **{key: (key, "name") for key in KINDS}, "noise_rate": ("noise", "rate"),
-        "epochs": ("train", "epochs"),
-        "max_steps": ("train", "max_steps"), "batch_size": ("train", "batch_size"),
-        "lr": ("train", "lr"), "seed": ("seed",), "device": ("device",),
-        "out": ("output", "dir"), "overwrite": ("output", "overwrite"),
-    }
-    for flag, value in flags.items():
-        if value is None:
-            continue
-        nested: Any = str(value) if isinstance(value, Path) else value
-        for key in reversed(paths[flag]):
-            nested = {key: nested}
-        data = merge(data, nested)
-    for text in assignments:
-        data = merge(data, parse_assignment(text))
-    config = resolve(data)
+    from noisyseg.config import resolve
+
+    config = resolve(_config_data(config_file, assignments, flags))
     result = run_engine(config, progress=not quiet, nproc=nproc)
     _report(result.metrics, result.run_dir)
+
+
+@cli.command()
+@_run_options("Audit directory (default: runs/<time>-<dataset>-<noise>-audit; with --from: "
+              "RUN_DIR/audit).")
+@click.option("--folds", type=click.IntRange(min=1), metavar="K",
+              help="Train K fold runs, each predicting the training images the others train on "
+                   "(default: 3; 1 with --from).")
+@click.option("--from", "from_run", type=click.Path(file_okay=False, path_type=Path),
+              metavar="RUN_DIR", help="Use this finished run's network instead of fold runs "
+                                     "(in-sample: it has seen the masks it judges).")
+@click.option("--top", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Images in audit.png, worst first.")
+@click.option("--signal", type=click.Choice(["boundary", "dice", "confidence", "softmin"]),
+              help="The image score that ranks (default: boundary; docs/audit.md says what each "
+                   "measures and how well it ranked).")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
+              help="Train each fold run with N processes (as noisyseg run --nproc).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_friendly
+def audit(config_file: Path | None, assignments: tuple[str, ...], folds: int | None,
+          from_run: Path | None, top: int, signal: str | None, nproc: int | None, quiet: bool,
+          debug: bool, **flags: Any) -> None:
+    """Rank the training masks by how likely they are wrong.
+
+    Trains K fold runs (any option of `noisyseg run` applies to them), so that every training
+    image is predicted by a network that never saw its mask, scores each image by how far its
+    mask lies from that prediction, and writes into the audit directory: audit.csv (one row per
+    image, worst first: name, score, share of pixels flagged, suspected kind: too large, too
+    small, misplaced or missing), audit.png (the worst --top images: image, given mask, suspected
+    wrong pixels, suggested mask), suggested/ (a suggested mask per image, in the data set's own
+    file format) and audit.json. When the run adds noise, the truth is known and the audit
+    scores its ranking (image AUROC, precision at k, pixel AUPRC).
+
+    \b
+    Examples:
+      noisyseg audit
+      noisyseg audit --dataset folder --set dataset.options.root=/data/my_set --noise none
+      noisyseg audit --from runs/20261122-101500-synthetic-dilation-none
+      noisyseg audit --recipe calibrate --folds 5 --epochs 20
+    """
+    from noisyseg.auditor import audit as run_audit
+    from noisyseg.auditor import describe
+
+    data = _config_data(config_file, assignments, flags)
+    result = run_audit(data, folds=folds, from_run=from_run, top=top, signal=signal,
+                       progress=not quiet, nproc=nproc)
+    s, signal = result.summary, result.summary["signal"]
+    click.echo(f"audit directory: {result.audit_dir}")
+    if s["in_sample"]:
+        click.echo(f"in sample: the network of {s['from']} has trained on the masks it judges; "
+                   "fold runs (--folds K, no --from) judge them out of sample")
+    for row in result.rows[:5]:
+        kind = f"  {row['kind']}" if row["kind"] else ""
+        click.echo(f"  #{row['rank']:<3} {row['name']:<32} {signal} {row['score']:.3f}  "
+                   f"{row['wrong_share']:.1%} of pixels flagged{kind}")
+    for line in describe(s):
+        click.echo(line)
 
 
 def _report(m: dict[str, Any], run_dir: Path) -> None:
@@ -220,49 +305,19 @@ def plugins(as_json: bool, options_of: str | None, debug: bool) -> None:
       noisyseg plugins
       noisyseg plugins --options mcpm      # every option of mcpm, set with --set reweighter.options.X=...
     """
-    from noisyseg.plugins import Registry, build_plugin_manager, option_rows
+    from noisyseg import listing, plugin_index
 
-    registry = Registry(build_plugin_manager())
+    index = plugin_index.load()
     if options_of is not None:
-        found = [e for kind in KIND_TITLES for e in registry.entries(kind) if e.name == options_of]
-        if not found:
-            known = sorted({e.name for kind in KIND_TITLES for e in registry.entries(kind)})
-            raise ConfigError(f"no component is called '{options_of}'; installed: {', '.join(known)}")
         if as_json:
-            click.echo(json.dumps({e.kind: option_rows(e.cls) for e in found}, indent=2))
-            return
-        for e in found:
-            rows = option_rows(e.cls)
-            click.echo(f"{e.kind} '{e.name}' ({e.cls.describe()}): "
-                       f"set with --set {e.kind}.options.NAME=VALUE")
-            for line in e.cls.details():
-                click.echo(f"  {line}")
-            if not rows:
-                click.echo("  (no options)")
-            for row in rows:
-                default = row["default"] if len(row["default"]) <= 60 else "(above)"
-                click.echo(f"  {row['name']:<16} {row['type']:<24} default {default}")
-                if row["description"]:
-                    click.echo(f"  {'':<16} {row['description']}")
+            click.echo(json.dumps(listing.options_json(index, options_of), indent=2))
+        else:
+            click.echo("\n".join(listing.options(index, options_of)))
         return
     if as_json:
-        out = {
-            kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
-                    "description": e.cls.describe(), **({"details": e.cls.details()}
-                                                         if e.cls.details() else {})}
-                   for e in registry.entries(kind)]
-            for kind in KIND_TITLES
-        }
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(listing.table_json(index), indent=2))
         return
-    for kind, title in KIND_TITLES.items():
-        click.echo(f"{title}:")
-        width = max([12, *(len(e.name) for e in registry.entries(kind))])
-        for e in registry.entries(kind):
-            source = f"{e.plugin} ({e.version})" if e.version else e.plugin
-            click.echo(f"  {e.name:<{width}} {source:<28} {e.cls.describe()}")
-            for line in e.cls.details():
-                click.echo(f"  {'':<{width}}   {line}")
+    click.echo("\n".join(listing.table(index)))
 
 
 @cli.command("config")
@@ -272,9 +327,15 @@ def plugins(as_json: bool, options_of: str | None, debug: bool) -> None:
 @_friendly
 def show_config(config_file: Path | None, debug: bool) -> None:
     """Print the resolved config (YAML), every component's options included; a starting point
-    for your own file."""
-    from noisyseg.config import dump
-    from noisyseg.engine import build_components, with_options
+    for your own file. With --config the components' options are checked too."""
+    from noisyseg.config import dump, resolve
+
+    if config_file is None:  # the defaults: from the plugin index, no plugin imported
+        from noisyseg import listing, plugin_index
+
+        click.echo(dump(resolve(listing.default_config(plugin_index.load(), {}))), nl=False)
+        return
+    from noisyseg.build import build_components, with_options
     from noisyseg.plugins import Registry, build_plugin_manager
 
     cfg = resolve(config_file)
@@ -284,9 +345,13 @@ def show_config(config_file: Path | None, debug: bool) -> None:
 def main() -> None:
     """Entry point of the console script: built-in commands plus those plugins register."""
     try:
-        from noisyseg.plugins import build_plugin_manager
+        from noisyseg import plugin_index
 
-        build_plugin_manager().hook.register_commands(cli=cli)
+        commands = plugin_index.load()["commands"]  # the plugins that add commands: only
+        if commands:  # those are imported here (the others, and torch, when a run starts)
+            from noisyseg.plugins import build_plugin_manager
+
+            build_plugin_manager(only=commands).hook.register_commands(cli=cli)
     except NoisysegError as exc:  # a broken plugin must not break --help
         click.echo(f"Warning: {exc}", err=True)
     cli(prog_name="noisyseg")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,7 +75,12 @@ class Backbone(Component):
 
 # --------------------------------------------------------------------------- noise models
 class NoiseModel(Component):
-    """Corrupts one clean mask (the truth is kept beside the result)."""
+    """Corrupts one clean mask (the truth is kept beside the result).
+
+    The core calls, once per run: :meth:`image_share` (how many training images to corrupt),
+    :meth:`prepare` (when any is), then :meth:`corrupt_at` for each chosen image, which calls
+    :meth:`corrupt` unless a model overrides it. Most models implement :meth:`corrupt` alone.
+    """
 
     #: the mask dimensions it corrupts: (2,) images only, (2, 3) images and volumes
     spatial_dims: ClassVar[tuple[int, ...]] = (2,)
@@ -87,6 +93,35 @@ class NoiseModel(Component):
         """
         raise NotImplementedError
 
+    def image_share(self, rate: float) -> float:
+        """The share of training images to corrupt, given the config's ``noise.rate``: ``rate``
+        itself by default; a protocol that sets its own share (``alphabeta``'s alpha) returns
+        that. The core corrupts the first round(share * N) images of a permutation drawn from
+        the seed, so the images of a smaller share are among those of a larger one."""
+        return rate
+
+    def prepare(self, splits: Splits, seed: int) -> None:
+        """Called once by the core before any mask is corrupted (and only when some will be),
+        with the splits as the dataset gave them (before meta images are set aside for
+        calibration) and the run's seed, for a model that needs the images or the whole data set
+        (``pseudo`` trains a network on the meta split). Must not change ``splits``; may be
+        called again with the same arguments (an audit does). Does nothing by default.
+
+        Shape:
+            splits - see :class:`Splits`: images (N, C, H, W) or (N, C, D, H, W), masks without C
+        """
+
+    def corrupt_at(self, mask: np.ndarray, index: int, rng: np.random.Generator,
+                   num_classes: int) -> np.ndarray:
+        """The corrupted copy of the mask of training image ``index`` (its position in the train
+        split given to :meth:`prepare`): what the core calls. By default ``corrupt(mask, rng,
+        num_classes)``; a model that labels images by what :meth:`prepare` saw overrides it.
+
+        Shape:
+            mask - (H, W) or (D, H, W) integer labels; returns the same shape and dtype
+        """
+        return self.corrupt(mask, rng, num_classes)
+
 
 # --------------------------------------------------------------------------- datasets
 @dataclass
@@ -95,11 +130,18 @@ class Split:
 
     Shape:
         images - (N, C, H, W) float32; masks - (N, H, W) int64 labels in [0, num_classes);
-        volumes: images (N, C, D, H, W), masks (N, D, H, W)
+        volumes: images (N, C, D, H, W), masks (N, D, H, W); names - N strings or None;
+        groups - (N,) integers or None
     """
 
     images: np.ndarray
     masks: np.ndarray
+    #: each sample's name as a person finds it (a file: ``masks/case01.png``; a volume's slice:
+    #: ``masks/brain.nii.gz:12``), or None (the audit then says ``train-00042``)
+    names: list[str] | None = None
+    #: samples with the same group (a file's slices, a block of neighbouring slices) are near
+    #: copies: they go to the same fold of the audit; None: every sample is its own group
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -139,6 +181,29 @@ class Dataset(Component):
 
     def load(self, seed: int) -> Splits:
         raise NotImplementedError
+
+    def mask_writer(self, folder: Path) -> MaskWriter | None:
+        """A writer of train-split masks into ``folder`` in this dataset's own file format (the
+        suggested masks of ``noisyseg audit``), for splits this instance has loaded; None (the
+        default): PNG files named by each sample's name."""
+        return None
+
+
+class MaskWriter:
+    """Writes masks of the train split as files, one sample at a time in the split's order
+    (so a volume's slices arrive together), then :meth:`close`.
+
+    Shape:
+        mask - (H, W) integer class labels
+    """
+
+    def write(self, name: str, mask: np.ndarray) -> None:
+        """Write (or keep, until its volume is whole) the mask of the sample called ``name``
+        (:attr:`Split.names`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Write what is still held."""
 
 
 # --------------------------------------------------------------------------- losses
@@ -192,8 +257,9 @@ class Loss(Component):
 class RunContext:
     """What a reweighter or corrector may know about the run, given once at setup.
 
-    ``noise_rate`` is the configured fraction r of training images whose mask the noise model
-    corrupted; ``pixel_noise_rate`` the fraction of training pixels it changed (both 0 when no
+    ``noise_rate`` is the fraction of training images whose mask the noise model corrupted (the
+    configured rate r, or the share the model sets: :meth:`NoiseModel.image_share`);
+    ``pixel_noise_rate`` the fraction of training pixels it changed (both 0 when no
     noise is added on purpose, i.e. on data whose noise is unknown).
     """
 

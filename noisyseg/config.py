@@ -124,6 +124,20 @@ class TrainConfig(_Section):
         description="score the test split every N epochs and at the last (the curves, the "
         "progress bar); 0: only once, after training (faster on large test splits)",
     )
+    exclude_fold: tuple[int, int] | None = Field(
+        None,
+        description="[f, K]: leave fold f (0-based) of K out of the training images, after the "
+        "noise is applied, so a model can predict them out of sample (noisyseg audit); folds "
+        "from a permutation of the training images (or of a dataset's groups) drawn from the seed",
+    )
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> TrainConfig:
+        if self.exclude_fold is not None:
+            f, k = self.exclude_fold
+            if k < 2 or not 0 <= f < k:
+                raise ValueError(f"exclude_fold [f, K] needs K >= 2 and 0 <= f < K (got [{f}, {k}])")
+        return self
 
     @model_validator(mode="after")
     def _share_needs_calibrate(self) -> TrainConfig:
@@ -169,6 +183,13 @@ class OutputConfig(_Section):
     dir: Path | None = Field(None, description="run directory; default runs/<time>-<names>")
     overwrite: bool = False
     figure_images: int = Field(4, ge=0, le=16, description="images in examples.png (0: none)")
+    tracker: Literal["tensorboard", "mlflow"] | None = Field(
+        None,
+        description="also log the per-epoch metrics, the resolved config and the figures to "
+        "tensorboard (event files in <run_dir>/tensorboard) or mlflow (to MLFLOW_TRACKING_URI "
+        "when the environment sets it, else to a file store in <run_dir>/mlruns); needs "
+        "pip install 'noisyseg[tensorboard]' or 'noisyseg[mlflow]'",
+    )
 
 
 class _Run(_Section):

@@ -213,3 +213,50 @@ def _axial_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"title": f"{row['title']}\naxial, D = {at}",
             "images": [np.asarray(image)[:, at] for image in row["images"]],
             "masks": [np.asarray(mask)[at] for mask in row["masks"]]}
+
+
+def save_audit(path: Any, rows: list[dict[str, Any]], num_classes: int) -> None:
+    """The contact sheet of ``noisyseg audit``: one row per image, worst first: image | given mask |
+    suspected wrong pixels over the image (red: the given mask's foreground that the prediction
+    leaves out, cyan: foreground the prediction adds, yellow: another foreground class) |
+    suggested mask. Each row dict holds ``title``, ``image`` (C, H, W), ``given`` and ``pred``
+    (H, W), and ``clean`` (H, W, outlined in green) or None. ``path``: a file name or object."""
+    columns = ["image", "given mask", "suspected wrong pixels", "suggested mask"]
+    blocks = 2 if len(rows) > 6 else 1  # images side by side: a sheet, not a strip
+    lines = -(-len(rows) // blocks)
+    fig, axes = plt.subplots(lines, blocks * len(columns),
+                             figsize=(2.0 * blocks * len(columns), 2.1 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    vmax = max(num_classes - 1, 1)
+    for n, row in enumerate(rows):
+        i, first = n % lines, (n // lines) * len(columns)
+        given, pred = np.asarray(row["given"]), np.asarray(row["pred"])
+        for j, col in enumerate(columns):
+            ax = axes[i, first + j]
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col, fontsize=9)
+            if col == "image":
+                _show_image(ax, row["image"])
+                ax.set_ylabel(row["title"], fontsize=7)
+            elif col == "suspected wrong pixels":
+                _show_image(ax, row["image"])
+                overlay = np.zeros((*given.shape, 4))
+                overlay[(given > 0) & (pred == 0)] = (1.0, 0.1, 0.1, 0.75)
+                overlay[(given == 0) & (pred > 0)] = (0.1, 0.9, 1.0, 0.75)
+                overlay[(given > 0) & (pred > 0) & (given != pred)] = (1.0, 0.9, 0.1, 0.75)
+                ax.imshow(overlay, interpolation="nearest")
+            else:
+                mask = given if col == "given mask" else pred
+                ax.imshow(mask, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            if row.get("clean") is not None and col != "image" and np.any(row["clean"] > 0):
+                ax.contour(np.asarray(row["clean"]) > 0, levels=[0.5], colors="lime", linewidths=0.7)
+    known = any(row.get("clean") is not None for row in rows)
+    fig.suptitle("red: given foreground the prediction leaves out; cyan: foreground it adds"
+                 + ("; green outline: clean mask" if known else ""), fontsize=8, y=0.998)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

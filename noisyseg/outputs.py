@@ -1,4 +1,6 @@
-"""Per-pixel losses and predictions, for binary (one logit) and multi-class (K logits) nets.
+"""What a network's outputs mean: the number of output channels, per-pixel cross-entropy, class
+probabilities and labels, for binary (one logit) and multi-class (K logits) nets. (The losses a
+run trains with are the ``loss`` kind's plugins; they build on these.)
 
 A binary task (num_classes == 2) uses one output channel and binary cross-entropy; K > 2 classes
 use K channels and cross-entropy. Every function works for both.

@@ -42,7 +42,7 @@ class PluginManager(pluggy.PluginManager):
 
 
 def build_plugin_manager(
-    *, entry_points: bool = True, plugins: Iterable[Any] = ()
+    *, entry_points: bool = True, plugins: Iterable[Any] = (), only: Iterable[str] | None = None
 ) -> PluginManager:
     """A fresh manager with the hookspecs, entry-point plugins and the given extra ``plugins``.
 
@@ -51,13 +51,15 @@ def build_plugin_manager(
             environment variable ``NOISYSEG_DISABLE_PLUGIN_AUTOLOAD`` set, only noisyseg's own
             entry points load.
         plugins: extra plugin objects (modules or instances with ``@hookimpl`` methods).
+        only: load just these entry points (by name), e.g. the plugins that add commands.
     """
     pm = PluginManager()
+    wanted = set(only) if only is not None else None
     if entry_points:
         only_builtin = bool(os.environ.get(AUTOLOAD_ENV))
         for ep in metadata.entry_points(group=GROUP):
             dist = ep.dist.name if ep.dist is not None else "?"
-            if only_builtin and dist != "noisyseg":
+            if (only_builtin and dist != "noisyseg") or (wanted is not None and ep.name not in wanted):
                 continue
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue

@@ -179,10 +179,12 @@ def _default(base: Config, path: tuple[str, ...], registry: Registry) -> Any:
 
 def run_recipe(cfg: Config | None, pm: pluggy.PluginManager, progress: bool = True,
                resume: Path | None = None, nproc: int | None = None,
-               handed: bool = False) -> RunResult:
+               handed: bool = False, label: str = "") -> RunResult:
     """Run every stage of the config's recipe into one run directory (or go on with the one in
-    ``resume``). ``handed``: ``pm`` was given by the caller (it then reaches every stage)."""
-    from noisyseg.engine import RunResult, build_components, run, with_options
+    ``resume``). ``handed``: ``pm`` was given by the caller (it then reaches every stage);
+    ``label`` goes before each stage's name in the progress bar."""
+    from noisyseg.build import build_components, with_options
+    from noisyseg.engine import RunResult, run
 
     registry = Registry(pm)
     world = distributed.env_world()
@@ -209,11 +211,11 @@ def run_recipe(cfg: Config | None, pm: pluggy.PluginManager, progress: bool = Tr
     try:
         for i, stage in enumerate(stages):
             where = stage_dir(top, i, stage)
-            label = f"stage {i + 1}/{len(stages)} {stage.name}"
+            shown = f"{label} stage {i + 1}/{len(stages)} {stage.name}".strip()
             if resume is not None and (where / rundir.FINAL).exists():
                 finished.append(_read_finished(where))
                 continue
-            kwargs: dict[str, Any] = {"progress": progress, "nproc": nproc, "label": label}
+            kwargs: dict[str, Any] = {"progress": progress, "nproc": nproc, "label": shown}
             if handed and not (nproc or 1) > 1:
                 kwargs["plugin_manager"] = pm
             if resume is not None and (where / rundir.CHECKPOINT).exists():

@@ -15,7 +15,7 @@ from torch import nn
 from noisyseg.components import LossFn, Reweighter, StepContext
 from noisyseg.distributed import World
 from noisyseg.errors import NoisysegError, NumericalError
-from noisyseg.losses import per_pixel_loss, predict
+from noisyseg.outputs import per_pixel_loss, predict
 from noisyseg.window import sliding_probs
 
 

@@ -12,7 +12,7 @@ import itertools
 import torch
 from torch import nn
 
-from noisyseg.losses import class_probs
+from noisyseg.outputs import class_probs
 
 
 def starts(size: int, window: int, step: int) -> list[int]:

@@ -74,8 +74,8 @@ def _empty_folder(root: Path) -> None:
 
 CASES = {
     "unknown component": (lambda r: ["--reweighter", "mcmp"],
-                          "unknown reweighter 'mcmp'; choose one of: coteaching, gce, l2rw, mcpm, mwnet, "
-                          "none, oracle"),
+                          "unknown reweighter 'mcmp'; choose one of: coteaching, distil, gce, l2rw, mcpm, "
+                          "mwnet, none, oracle"),
     "noise rate above 1": (lambda r: ["--noise-rate", "1.5"],
                            "noise.rate: Input should be less than or equal to 1"),
     "negative lr": (lambda r: ["--lr", "-0.1"], "train.lr: Input should be greater than 0"),

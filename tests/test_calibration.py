@@ -12,8 +12,8 @@ import torch
 import noisyseg
 from noisyseg import ConfigError
 from noisyseg.calibration import Calibrated, fit_offsets, offset_logits
-from noisyseg.losses import predict
 from noisyseg.metrics import evaluate
+from noisyseg.outputs import predict
 
 TINY = {
     "dataset": {"name": "synthetic", "options": {"n_train": 32, "n_meta": 8, "n_test": 8, "size": 32,

@@ -16,8 +16,8 @@ import noisyseg.loop
 from noisyseg import ConfigError, Registry, build_plugin_manager
 from noisyseg.components import StepContext
 from noisyseg.data import noise_region
-from noisyseg.loop import WeightStats
 from noisyseg.testing import cpu_run_context
+from noisyseg.weight_stats import WeightStats
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -170,6 +170,22 @@ def test_methods_are_recipes_or_component_names() -> None:
     assert protocol.method_config("tloss") == {"recipe": {"name": "none"}, "loss": {"name": "tloss"}}
     with pytest.raises(SystemExit, match="'mcmp' is not a recipe"):
         protocol.method_config("mcmp")
+
+
+def test_a_method_label_reaches_the_command_line_as_set_options() -> None:
+    """Benchmarks that run ``noisyseg run`` (resume_check.py, scale_check.py) pass a label's
+    settings as --set options: they give back the label's config."""
+    import functools
+
+    from noisyseg.config import merge, parse_assignment
+
+    protocol = _benchmark_module("protocol")
+    for label in ("none", "plc+coteaching", "mcpm+reweighter.options.interval_max=null",
+                  "mcpm+reweighter.options.method=higher+corrector.options.warmup_epochs=2"):
+        args = protocol.method_args(label)
+        assert args[::2] == ["--set"] * (len(args) // 2)
+        assert functools.reduce(merge, map(parse_assignment, args[1::2]), {}) == \
+            protocol.method_config(label)
 
 
 def test_no_benchmark_chains_runs_by_itself() -> None:

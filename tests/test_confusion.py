@@ -12,7 +12,7 @@ import torch
 from noisyseg_losses.confusion import ConfusionLoss
 
 from noisyseg import run
-from noisyseg.losses import class_probs, per_pixel_loss
+from noisyseg.outputs import class_probs, per_pixel_loss
 from noisyseg.testing import check_loss, cpu_run_context, random_masks, tiny_run_config
 
 

@@ -17,6 +17,7 @@ FAST_OPTIONS = {
     ("dataset", "synthetic"): {"n_train": 6, "n_meta": 2, "n_test": 3, "size": 32,
                                "max_radius": 6.0},
     ("backbone", "smp"): {"encoder_name": "resnet18"},
+    ("noise", "pseudo"): {"images": 2, "epochs": 2, "batch_size": 2, "base_channels": 4, "depth": 1},
 }
 
 

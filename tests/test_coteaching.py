@@ -10,7 +10,7 @@ from noisyseg_coteaching import forget_rate, small_loss_mask
 from torch import nn
 
 from noisyseg import ConfigError, Registry, StepContext
-from noisyseg.losses import per_pixel_loss
+from noisyseg.outputs import per_pixel_loss
 from noisyseg.testing import cpu_run_context
 
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 import noisyseg.loop
 from noisyseg import ConfigError, build_plugin_manager, run
+from noisyseg.build import resolve_device
 from noisyseg.cli import cli
 from noisyseg.distributed import World, check_nproc
-from noisyseg.engine import resolve_device
 from noisyseg.lockstep import process_differences, run_in_processes
 from noisyseg.testing import tiny_run_config as _tiny
 

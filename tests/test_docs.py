@@ -103,3 +103,34 @@ def test_the_methods_pages_state_the_defaults_the_code_has() -> None:
             wrong.append(f"{page}: {component}.{option} is documented as {shown}, the code has {actual}")
     assert checked >= 30, f"only {checked} documented defaults were found to check"
     assert not wrong, "; ".join(wrong)
+
+
+# --------------------------------------------------------------------- the README's numbers
+def test_the_readmes_numbers_come_from_the_results_store() -> None:
+    """The README's 'Which method?' quotes numbers only in its generated table, and that table
+    is what the committed results store gives (python benchmarks/leaderboard.py)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import leaderboard
+    import store
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Which method?", 1)[1].split("\n## ", 1)[0]
+    table = leaderboard.readme_section(section)
+    assert table == leaderboard.readme_table(store.rows(store.STORE)), (
+        "the README's table differs from the store: run python benchmarks/leaderboard.py")
+    outside = re.sub(r"```.*?```", "", section.replace(table, ""), flags=re.S)  # commands aside
+    quoted = re.findall(r"\d+(?:\.\d+)?\s*%|[+-]?0\.\d+", outside)
+    assert not quoted, f"'Which method?' quotes {quoted} outside its generated table"
+
+
+def test_the_leaderboard_page_is_the_store_s() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import leaderboard
+    import store
+
+    assert (ROOT / "docs" / "leaderboard.md").read_text() == leaderboard.page(store.rows(store.STORE)), (
+        "docs/leaderboard.md is out of date: run python benchmarks/leaderboard.py")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from noisyseg import ConfigError, Reweighter, StepContext, build_plugin_manager, hookimpl, run
-from noisyseg.engine import resolve_device
+from noisyseg.build import resolve_device
 from noisyseg.testing import tiny_run_config
 
 

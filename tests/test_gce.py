@@ -7,7 +7,7 @@ import torch
 from noisyseg_gce import label_probability
 
 from noisyseg import Registry, StepContext, build_plugin_manager
-from noisyseg.losses import per_pixel_loss
+from noisyseg.outputs import per_pixel_loss
 
 
 @pytest.mark.parametrize("channels", [1, 3])

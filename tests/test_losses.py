@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from noisyseg_gce import GCEReweighter
-from noisyseg_losses import GCELoss, MAELoss, NRDiceLoss
+from noisyseg_losses import GCELoss, MAELoss, NRDiceLoss, NWDiceLoss
+from noisyseg_losses.nwdice import label_noise
 from noisyseg_losses.tloss import TLoss
 
 from noisyseg import Loss, Registry, StepContext, build_plugin_manager, hookimpl, run
-from noisyseg.losses import class_probs, per_pixel_loss
+from noisyseg.outputs import class_probs, per_pixel_loss
 from noisyseg.testing import check_loss, cpu_run_context, random_masks, tiny_run_config
 
 
@@ -163,3 +164,109 @@ def test_the_default_loss_is_cross_entropy(tmp_path: Path) -> None:
     named = run(tiny_run_config(loss={"name": "ce"}, output={"dir": str(tmp_path / "b")}),
                 progress=False)
     assert plain.config.loss.name == "ce" and plain.metrics["dice"] == named.metrics["dice"]
+
+
+# --------------------------------------------------------------------- Dice losses vs PyMIC
+def _probs_onehot(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, ...]:
+    probs = class_probs(logits)
+    return probs, torch.nn.functional.one_hot(labels, classes).movedim(-1, 1).to(probs.dtype)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("gamma", [1.0, 1.5, 2.0])
+def test_nrdice_with_sums_is_pymics_noise_robust_dice(classes: int, gamma: float) -> None:
+    """PyMIC (a test-only dependency, ``pip install --no-deps PYMIC``) sums p + y in the
+    denominator; ``nrdice`` does with ``denominator = sums`` (value and gradient)."""
+    dice = pytest.importorskip("pymic.loss.seg.dice")
+    logits, labels = _data(classes, seed=1)
+    probs, onehot = _probs_onehot(logits, labels, classes)
+    assert (onehot.sum((0, 2, 3)) > 0).all()  # PyMIC averages over every class; nrdice over present ones
+    pymic = dice.NoiseRobustDiceLoss({"noiserobustdiceloss_gamma": gamma, "loss_acti_func": None})
+    want = pymic({"prediction": probs, "ground_truth": onehot})
+    got = _built(NRDiceLoss, classes, gamma=gamma, denominator="sums")(logits, labels).mean()
+    assert abs(got.item() - want.item()) < 1e-6
+    g_got, g_want = (torch.autograd.grad(v, logits)[0] for v in (got, want))
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+
+
+def test_nrdice_denominators_written_out_and_soft_dice_at_gamma_1() -> None:
+    """Without PyMIC: both denominators against the formula by hand; with sums and gamma = 1 the
+    loss is the soft Dice loss 1 - 2 sum p y / sum (p + y), mean over classes."""
+    logits, labels = _data(3)
+    probs, onehot = _probs_onehot(logits, labels, 3)
+    over = (0, 2, 3)
+    for gamma in (1.0, 1.7):
+        numerator = (probs - onehot).abs().pow(gamma).sum(over)
+        for name, p_sum in (("squares", probs.square().sum(over)), ("sums", probs.sum(over))):
+            want = (numerator / (p_sum + onehot.sum(over) + 1e-5)).mean()
+            got = _built(NRDiceLoss, 3, gamma=gamma, denominator=name)(logits, labels).mean()
+            assert torch.allclose(got, want, rtol=1e-12), (name, gamma)
+    soft_dice = 1 - ((2 * (probs * onehot).sum(over) + 1e-5) / ((probs + onehot).sum(over) + 1e-5)).mean()
+    assert torch.allclose(_built(NRDiceLoss, 3, gamma=1.0, denominator="sums")(logits, labels).mean(),
+                          soft_dice, rtol=1e-9)
+    check_loss(NRDiceLoss, {"denominator": "sums"})
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_nwdice_is_pymics_dice_loss_with_the_noise_weights(classes: int) -> None:
+    """PyMIC's DiceLoss with pixel_weight = p_label (detached) is ``nwdice`` (value, gradient);
+    without weights (power 0) both are the soft Dice loss."""
+    dice = pytest.importorskip("pymic.loss.seg.dice")
+    logits, labels = _data(classes, seed=2)
+    pymic = dice.DiceLoss({"loss_acti_func": None})
+    for power in (1.0, 2.0, 0.0):
+        probs, onehot = _probs_onehot(logits, labels, classes)
+        inputs = {"prediction": probs, "ground_truth": onehot}
+        if power > 0:
+            inputs["pixel_weight"] = probs.gather(1, labels.unsqueeze(1)).detach() ** power
+        want = pymic(inputs)
+        got = _built(NWDiceLoss, classes, power=power)(logits, labels).mean()
+        assert abs(got.item() - want.item()) < 1e-6, power
+        g_got, g_want = (torch.autograd.grad(v, logits)[0] for v in (got, want))
+        assert torch.allclose(g_got, g_want, atol=1e-6), power
+
+
+def test_nwdice_written_out() -> None:
+    """Without PyMIC: mean over classes of sum w |p - y| / (sum w (p + y) + eps), w = (1 - eta)^power
+    held constant, eta = 1 - p_label = half the L1 distance between p and the one-hot label."""
+    logits, labels = _data(3, seed=3)
+    probs, onehot = _probs_onehot(logits, labels, 3)
+    eta = label_noise(probs, onehot)
+    assert not eta.requires_grad
+    assert torch.allclose(eta, 1 - probs.gather(1, labels.unsqueeze(1)).squeeze(1), atol=1e-12)
+    w = (1 - eta).pow(1.5).unsqueeze(1)
+    over = (0, 2, 3)
+    want = ((w * (probs - onehot).abs()).sum(over) / ((w * (probs + onehot)).sum(over) + 1e-5)).mean()
+    loss = _built(NWDiceLoss, 3, power=1.5)
+    got = loss(logits, labels)
+    assert got.shape == labels.shape and torch.allclose(got.mean(), want, rtol=1e-12)
+    g_got, g_want = (torch.autograd.grad(v, logits)[0] for v in (got.mean(), want))
+    assert torch.allclose(g_got, g_want, rtol=1e-9, atol=1e-14)
+
+
+def test_nwdice_pulls_less_on_pixels_the_network_confidently_contradicts() -> None:
+    """Flip the label of pixels the network is sure about: under the noise-weighted Dice their pull
+    (gradient) is a small share of the soft Dice's, while an equally sure but agreeing batch is
+    learned as before; a class the network gets wrong everywhere still costs 1."""
+    torch.manual_seed(0)
+    truth = torch.from_numpy(random_masks(4, 16, 2, seed=4))
+    logits = (6.0 * (2 * truth[:, None].double() - 1)).requires_grad_(True)  # sure of the truth
+    noisy = truth.clone()
+    flipped = torch.zeros_like(truth, dtype=torch.bool)
+    flipped[:, :3] = True                                                  # three wrong rows
+    noisy[flipped] = 1 - noisy[flipped]
+    (g_nw,) = torch.autograd.grad(_built(NWDiceLoss)(logits, noisy).mean(), logits)
+    (g_soft,) = torch.autograd.grad(_built(NWDiceLoss, power=0.0)(logits, noisy).mean(), logits)
+    share_nw = g_nw.abs()[:, 0][flipped].sum() / g_nw.abs().sum()
+    share_soft = g_soft.abs()[:, 0][flipped].sum() / g_soft.abs().sum()
+    assert share_nw < 0.1 * share_soft
+    wrong_everywhere = torch.full((2, 1, 8, 8), -8.0, dtype=torch.float64)   # predicts 0, label 1
+    ones = torch.ones(2, 8, 8, dtype=torch.int64)
+    assert float(_built(NWDiceLoss)(wrong_everywhere, ones).mean()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_nwdice_trains_a_run(tmp_path: Path) -> None:
+    result = run(tiny_run_config(loss={"name": "nwdice"}, noise={"rate": 0.5},
+                                 output={"dir": str(tmp_path / "run")}), progress=False)
+    assert result.config.loss.name == "nwdice" and math.isfinite(result.metrics["dice"])
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)

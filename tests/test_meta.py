@@ -9,7 +9,7 @@ from noisyseg_backbones.unet import UNet
 from torch.func import functional_call
 
 from noisyseg import ConfigError, Registry, StepContext
-from noisyseg.losses import per_pixel_loss
+from noisyseg.outputs import per_pixel_loss
 from noisyseg.reweighting.virtual_step import meta_gradient, meta_pixel_gradient
 from noisyseg.testing import cpu_run_context
 

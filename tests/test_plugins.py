@@ -78,7 +78,7 @@ def test_duplicate_name_names_both_plugins() -> None:
 
 
 def test_unknown_name_lists_the_choices(registry: Registry) -> None:
-    choices = "coteaching, gce, l2rw, mcpm, mwnet, none, oracle"
+    choices = "coteaching, distil, gce, l2rw, mcpm, mwnet, none, oracle"
     with pytest.raises(ConfigError, match=rf"unknown reweighter 'mcmp'; choose one of: {choices}"):
         registry.get("reweighter", "mcmp")
     with pytest.raises(ConfigError, match=r"unknown noise model 'dilate'; choose one of: .*dilation"):

@@ -16,7 +16,7 @@ from noisyseg_backbones.unet import UNet, UNetBackbone
 
 from noisyseg import Registry, RunContext, StepContext, figures
 from noisyseg.determinism import determinism
-from noisyseg.losses import class_probs, per_pixel_loss, predict
+from noisyseg.outputs import class_probs, per_pixel_loss, predict
 
 # --------------------------------------------------------------------------- the 3-D U-Net
 
@@ -169,6 +169,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("coteaching", {}), ("coteaching", {"rank_within": "image"}),
     ("oracle", {}), ("oracle", {"balance": True}),
     ("gce", {}),
+    ("distil", {}), ("distil", {"image_weights": False}),
 ]
 
 

@@ -53,6 +53,10 @@ class MetaNetOptions(BaseModel):
     normalize: bool = Field(
         True, description="scale the weights to mean 1 per batch (without it the net learns to "
         "raise every weight, most on the corrupted high-loss pixels; see docs/methods/index.md)")
+    normalize_per: Literal["batch", "class"] = Field(
+        "batch", description="with normalize: mean 1 over the whole batch, or within each label "
+        "class of the batch (weight then moves among the pixels of one class, never between "
+        "classes: the class balance stays the labels')")
     warmup_epochs: int = Field(0, ge=0, description="plain training (weights 1) for these epochs")
     init_bias: float = Field(0.0, description="initial bias of the net's output (sigmoid input)")
 
@@ -86,6 +90,21 @@ def takes_meta_step(step: int, total: int, first: int, last: int | None) -> bool
     return step == 0 or due(step) > due(step - 1)
 
 
+def per_class_mean_one(weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Scale the weights of each label class to mean 1 (a class whose weights are all zero stays
+    zero): differentiable in ``weights``.
+
+    Shape:
+        weights, labels - the same shape; returns that shape
+    """
+    scale = torch.zeros_like(weights)
+    for c in labels.unique():
+        member = labels == c
+        mean = weights[member].mean()
+        scale = torch.where(member, 1.0 / mean.clamp_min(1e-12), scale)
+    return weights * scale
+
+
 class MetaNetReweighter(Reweighter):
     """Learns a weighting net G(loss map) on a clean meta set (subclasses give the net)."""
 
@@ -110,16 +129,29 @@ class MetaNetReweighter(Reweighter):
         self.net_optimizer = torch.optim.Adam(self.net.parameters(), lr=self.options.meta_lr)
         self.last_meta_loss = float("nan")
 
-    def weights(self, loss_map: torch.Tensor) -> torch.Tensor:
-        """R = G(L): the detached loss map -> weights (differentiable in Theta).
+    def net_input(self, loss_map: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """What the weighting net reads: the detached loss map as one channel (a subclass may
+        add channels).
 
         Shape:
-            loss_map - (N, H, W) or, for volumes, (N, D, H, W); returns the same shape
+            loss_map, labels - (N, H, W) or (N, D, H, W); returns (N, C, H, W) or (N, C, D, H, W)
         """
-        r = torch.sigmoid(self.net(loss_map.detach().unsqueeze(1))).squeeze(1)
+        return loss_map.detach().unsqueeze(1)
+
+    def weights(self, loss_map: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """R = G(L): the detached loss map (and the labels, for ``normalize_per = class`` or a
+        net that reads them) -> weights (differentiable in Theta).
+
+        Shape:
+            loss_map, labels - (N, H, W) or, for volumes, (N, D, H, W); returns the same shape
+        """
+        r = torch.sigmoid(self.net(self.net_input(loss_map, labels))).squeeze(1)
         r = r.expand_as(loss_map)
         if self.options.normalize:
-            r = r / r.mean().clamp_min(1e-12)
+            if self.options.normalize_per == "class" and labels is not None:
+                r = per_class_mean_one(r, labels)
+            else:
+                r = r / r.mean().clamp_min(1e-12)
         return r
 
     def weigh(self, ctx: StepContext) -> torch.Tensor:
@@ -130,17 +162,17 @@ class MetaNetReweighter(Reweighter):
                            o.interval_max):
             self.meta_step(ctx)
         with torch.no_grad():
-            return self.weights(ctx.loss_map)
+            return self.weights(ctx.loss_map, ctx.labels)
 
     def preview(self, ctx: StepContext) -> torch.Tensor:
         with torch.no_grad():
-            return self.weights(ctx.loss_map)
+            return self.weights(ctx.loss_map, ctx.labels)
 
     def meta_step(self, ctx: StepContext) -> None:
         """Steps 1-3: one Adam step of the weighting net on the meta loss at W'."""
         assert ctx.meta_images is not None and ctx.meta_labels is not None
         o = self.options
-        r = self.weights(ctx.loss_map)
+        r = self.weights(ctx.loss_map, ctx.labels)
         self.net_optimizer.zero_grad(set_to_none=True)
         if self.use_pixel_path:
             meta_loss, d_r = meta_pixel_gradient(

@@ -21,6 +21,7 @@ number of images.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from noisyseg import DataError, Dataset, DataWarning, Split, Splits
 from noisyseg_datasets.masks import apply_map, class_map
 from noisyseg_datasets.stream import file_groups, stream_splits
 from noisyseg_datasets.volumes import common_spacing, cubes, read_volumes, whole
+from noisyseg_datasets.writer import FolderMaskWriter, sample_names, value_coding
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 
@@ -204,18 +206,18 @@ class FolderDataset(Dataset):
                 yield x, to_mask(m, mask_name), mask_name
 
     def read_pairs(self, folder: Path, root: Path
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]], np.ndarray]:
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, set[int]], list[str]]:
         """All (image, mask) samples under ``folder``/images and ``folder``/masks, checked: images
         (N, C, H, W) float32, the masks' raw values (N, H, W) int64, the values each mask file
-        holds (by its name relative to ``root``) and each sample's file (N,) (a NIfTI volume's
-        slices share one)."""
+        holds (by its name relative to ``root``) and each sample's mask file (N names; a NIfTI
+        volume's slices share one)."""
         xs, ys, values, files = [], [], {}, []
         for x, y, mask_name in self.samples(self.pairs(folder), root):
             xs.append(x)
             ys.append(y)
             files.append(mask_name)
             values.setdefault(mask_name, set()).update(np.unique(y).tolist())
-        return np.stack(xs), np.stack(ys), values, file_groups(files)
+        return np.stack(xs), np.stack(ys), values, files
 
     def load(self, seed: int) -> Splits:
         o = self.options
@@ -233,19 +235,30 @@ class FolderDataset(Dataset):
             parts = {}
             for name in ("train", "meta", "test"):
                 if (root / name).is_dir():
-                    x, y, held, _ = self.read_pairs(root / name, root)
-                    parts[name] = Split(x, y)
+                    x, y, held, files = self.read_pairs(root / name, root)
+                    parts[name] = Split(x, y, sample_names(files), file_groups(files))
                     values.update(held)
         else:
-            x, y, values, groups = self.read_pairs(root, root)
-            parts = {name: Split(x[idx], y[idx])
+            x, y, values, files = self.read_pairs(root, root)
+            names, groups = sample_names(files), file_groups(files)
+            parts = {name: Split(x[idx], y[idx], [names[i] for i in idx], groups[idx])
                      for name, idx in self.cuts(len(x), root, groups).items()}
         if "meta" not in parts:
             train = parts["train"]
             parts["meta"] = Split(train.images[:0], train.masks[:0])
         classes, k = class_map(values, o.num_classes, o.mask_threshold, o.mask_values)
-        parts = {name: Split(p.images, apply_map(p.masks, classes)) for name, p in parts.items()}
+        self.coding = value_coding(classes)
+        parts = {name: dataclasses.replace(p, masks=apply_map(p.masks, classes))
+                 for name, p in parts.items()}
         return Splits(**parts, num_classes=k)
+
+    def mask_writer(self, folder: Path) -> FolderMaskWriter | None:
+        """The training masks as files like the user's (:mod:`noisyseg_datasets.writer`); None
+        before :meth:`load`, or from a stream cache older than the mask values it records."""
+        coding = getattr(self, "coding", None)
+        if coding is None:
+            return None
+        return FolderMaskWriter(Path(self.options.root).expanduser(), folder, coding)
 
     def _volumes(self, root: Path) -> Splits:
         """dims = 3: volumes go whole to a split; train and meta are cut into cubes."""

@@ -104,8 +104,9 @@ class MNI152Dataset(Dataset):
             "meta": order[n_test : n_test + n_meta],
             "train": order[n_test + n_meta :],
         }
+        block_of = {z: b for b, zs in enumerate(blocks) for z in zs}
         splits = {
-            name: self._patches([z for b in sorted(idx) for z in blocks[b]], t1, labels)
+            name: self._patches([z for b in sorted(idx) for z in blocks[b]], t1, labels, block_of)
             for name, idx in groups.items()
         }
         return Splits(**splits, **self._classes())
@@ -160,9 +161,12 @@ class MNI152Dataset(Dataset):
             return Split(np.zeros((0, 1, p, p, p), np.float32), np.zeros((0, p, p, p), np.int64))
         return Split(np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64))
 
-    def _patches(self, slices: list[int], t1: np.ndarray, labels: np.ndarray) -> Split:
+    def _patches(self, slices: list[int], t1: np.ndarray, labels: np.ndarray,
+                 block_of: dict[int, int]) -> Split:
+        """Patches of the axial slices, named ``z040-y048-x096`` (where they were cut), grouped
+        by slice block (neighbouring slices and overlapping patches are near copies)."""
         o = self.options
-        images, masks = [], []
+        images, masks, names, groups = [], [], [], []
         h, w = t1.shape[:2]
         for z in slices:
             for y in range(0, h - o.patch + 1, o.stride):
@@ -172,7 +176,10 @@ class MNI152Dataset(Dataset):
                         continue
                     images.append(t1[None, y : y + o.patch, x : x + o.patch, z])
                     masks.append(m)
+                    names.append(f"z{z:03d}-y{y:03d}-x{x:03d}")
+                    groups.append(block_of[z])
         if not images:
             return Split(np.zeros((0, 1, o.patch, o.patch), np.float32),
-                         np.zeros((0, o.patch, o.patch), np.int64))
-        return Split(np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64))
+                         np.zeros((0, o.patch, o.patch), np.int64), [], np.zeros(0, np.int64))
+        return Split(np.stack(images).astype(np.float32), np.stack(masks).astype(np.int64), names,
+                     np.array(groups, dtype=np.int64))

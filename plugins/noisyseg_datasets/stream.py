@@ -28,6 +28,7 @@ from noisyseg import Split, Splits
 from noisyseg.datacache import SPLITS, built_aside
 from noisyseg.scratch import chunks
 from noisyseg_datasets.masks import apply_map, class_map
+from noisyseg_datasets.writer import sample_names, split_name, value_coding
 
 if TYPE_CHECKING:
     from noisyseg_datasets.folder import FolderDataset
@@ -57,6 +58,11 @@ def stream_splits(dataset: FolderDataset, root: Path) -> Splits:
     info = json.loads((cache / "done.json").read_text())
     parts = {name: Split(_open(cache / f"{name}_images.npy"), _open(cache / f"{name}_masks.npy"))
              for name in SPLITS}
+    if "train_names" in info:  # caches built before they were recorded have neither
+        names = info["train_names"]
+        parts["train"].names = names
+        parts["train"].groups = file_groups([split_name(n)[0] for n in names])
+        dataset.coding = value_coding({int(v): int(c) for v, c in info["classes"]})
     return Splits(**parts, num_classes=int(info["num_classes"]))
 
 
@@ -137,7 +143,12 @@ def _build(dataset: FolderDataset, root: Path, listing: dict[str, list[tuple[Pat
         for name in raw:
             for suffix in (".img", ".msk"):
                 (work / name).with_suffix(suffix).unlink(missing_ok=True)
-        (work / "done.json").write_text(json.dumps({"num_classes": k, "root": str(root)}))
+        source, idx = plan["train"]
+        every = sample_names(names.get(source, []))
+        train_names = [every[i] for i in idx]
+        (work / "done.json").write_text(json.dumps({
+            "num_classes": k, "root": str(root), "classes": sorted(classes.items()),
+            "train_names": train_names}))
 
 
 def _write_raw(dataset: FolderDataset, pairs: list[tuple[Path, Path]], root: Path, stem: Path,

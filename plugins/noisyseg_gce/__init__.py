@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from noisyseg import Reweighter, StepContext, hookimpl, mean_one
-from noisyseg.losses import class_probs
+from noisyseg.outputs import class_probs
 
 
 class GCEOptions(BaseModel):

@@ -4,6 +4,8 @@
 - ``gce``: generalised cross-entropy (Zhang & Sabuncu, NeurIPS 2018);
 - ``mae``: mean absolute error between probabilities and the one-hot label (Ghosh et al., AAAI 2017);
 - ``nrdice``: the noise-robust Dice loss (Wang et al., IEEE TMI 2020);
+- ``nwdice``: a noise-weighted Dice loss (Wang et al., IEEE TMI 2021): soft Dice whose pixels are
+  weighted by the network's detached agreement with their label;
 - ``tloss``: the T-Loss, a Student-t likelihood with a learned nu (Gonzalez-Jimenez et al., MICCAI 2023);
 - ``confusion``: the noisy labels' likelihood through learned pixel-wise confusion matrices with a
   trace regulariser (Zhang, Tanno et al., NeurIPS 2020).
@@ -16,12 +18,15 @@ each pixel's share of it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from noisyseg import Loss, hookimpl
-from noisyseg.losses import class_probs, per_pixel_loss
+from noisyseg.outputs import class_probs, per_pixel_loss
 from noisyseg_losses.confusion import ConfusionLoss
+from noisyseg_losses.nwdice import NWDiceLoss
 from noisyseg_losses.tloss import TLoss
 
 
@@ -65,6 +70,9 @@ class NRDiceOptions(BaseModel):
     gamma: float = Field(1.5, ge=1, le=2, description="exponent of |p - y|: 2 is the Dice loss's "
                                                       "numerator, 1 the mean absolute error's")
     eps: float = Field(1e-5, gt=0, description="added to the denominator")
+    denominator: Literal["squares", "sums"] = Field(
+        "squares", description="squares: sum p^2 + sum y^2 (the Dice loss of V-Net); sums: sum (p + y), "
+        "as PyMIC's NoiseRobustDiceLoss computes it")
 
 
 class NRDiceLoss(Loss):
@@ -80,6 +88,7 @@ class NRDiceLoss(Loss):
         batch's loss. The sums run over the batch's pixels, as PyMIC's NoiseRobustDiceLoss does.
         A class absent from the labels is left out: its term, sum p^gamma / sum p^2, would fall
         as the prediction of that class grows (per image, a class absent from one image would).
+        ``denominator = sums`` is PyMIC's sum (p + y), with which gamma = 1 is the soft Dice loss.
 
         Shape:
             returns (N, H, W) ((N, D, H, W) for volumes)
@@ -88,8 +97,8 @@ class NRDiceLoss(Loss):
         onehot = torch.zeros_like(probs).scatter_(1, labels.unsqueeze(1), 1.0)
         over = (0, *range(2, probs.dim()))                             # batch and pixels
         present = onehot.sum(over) > 0                                 # (K,)
-        denominator = (probs.square().sum(over) + onehot.sum(over)     # y^2 = y
-                       + self.options.eps)                             # (K,)
+        p_sum = probs.square().sum(over) if self.options.denominator == "squares" else probs.sum(over)
+        denominator = p_sum + onehot.sum(over) + self.options.eps      # y^2 = y; (K,)
         share = (probs - onehot).abs().pow(self.options.gamma)
         view = (1, -1, *(1,) * (probs.dim() - 2))
         terms = share / denominator.view(view) * present.view(view)
@@ -98,4 +107,4 @@ class NRDiceLoss(Loss):
 
 @hookimpl
 def register_losses() -> list[type[Loss]]:
-    return [CELoss, GCELoss, MAELoss, NRDiceLoss, TLoss, ConfusionLoss]
+    return [CELoss, GCELoss, MAELoss, NRDiceLoss, NWDiceLoss, TLoss, ConfusionLoss]

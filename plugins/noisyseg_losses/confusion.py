@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from noisyseg import Loss, RunContext
-from noisyseg.losses import class_log_probs
+from noisyseg.outputs import class_log_probs
 
 
 class ConfusionOptions(BaseModel):

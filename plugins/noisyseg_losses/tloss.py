@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from noisyseg import Loss, RunContext
-from noisyseg.losses import class_probs
+from noisyseg.outputs import class_probs
 
 
 class TLossOptions(BaseModel):

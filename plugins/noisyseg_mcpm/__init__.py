@@ -9,13 +9,13 @@ itself is :class:`noisyseg.reweighting.weighting_net.MetaNetReweighter`.
 Our default differs from the paper's meta step at every iteration: ``interval_max = 10`` lets the
 interval grow from 1 to 10 over the run (about a quarter of the steps take a meta step, 1.83
 plain steps per step instead of 4.00 on the 2-core CPU), chosen because Dice and detection stayed within
-the exact method's seed spread at r = 0.4 and 0.8 (docs/benchmarks.md). ``interval_max = null``
+the exact method's seed spread at r = 0.4 and 0.8 (docs/history.md). ``interval_max = null``
 is the paper's schedule.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +39,14 @@ class MaskNet(nn.Module):
     """
 
     def __init__(self, width3: int = 16, width5: int = 16, activation: str = "relu",
-                 init_bias: float = 0.0, dims: int = 2) -> None:
+                 init_bias: float = 0.0, dims: int = 2, in_channels: int = 1) -> None:
         super().__init__()
         if dims not in _CONV:
             raise ValueError(f"MaskNet: dims must be 2 (images) or 3 (volumes), got {dims!r}")
         conv = _CONV[dims]
-        self.branch3 = conv(1, width3, 3, padding=1)
-        self.branch5 = conv(1, width5, 5, padding=2)
-        self.fuse = conv(width3 + width5 + 1, 1, 1)
+        self.branch3 = conv(in_channels, width3, 3, padding=1)
+        self.branch5 = conv(in_channels, width5, 5, padding=2)
+        self.fuse = conv(width3 + width5 + in_channels, 1, 1)
         nn.init.constant_(self.fuse.bias, init_bias)
         self.activation = activation
 
@@ -61,6 +61,10 @@ class MCPMOptions(MetaNetOptions):
     width3: int = Field(16, ge=1, description="channels of the 3x3 branch")
     width5: int = Field(16, ge=1, description="channels of the 5x5 branch")
     activation: str = Field("relu", pattern="^(relu|none)$", description="after each branch")
+    inputs: Literal["loss", "loss_label"] = Field(
+        "loss", description="what the mask net reads: the loss map (the paper), or the loss map "
+        "and the label map one-hot (it can then tell a high loss on a foreground label from one on "
+        "background)")
     interval_max: int | None = Field(
         10, ge=1, description="adaptive interval: it grows linearly from `interval` at the first "
         "step to this at the last (a meta step at about a quarter of the steps with 1 -> 10); "
@@ -84,7 +88,22 @@ class MCPMReweighter(MetaNetReweighter):
 
     def build_net(self) -> nn.Module:
         o = self.options
-        return MaskNet(o.width3, o.width5, o.activation, o.init_bias, self.run.spatial_dims)
+        channels = 1 + (self.run.num_classes if o.inputs == "loss_label" else 0)
+        return MaskNet(o.width3, o.width5, o.activation, o.init_bias, self.run.spatial_dims, channels)
+
+    def net_input(self, loss_map: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The loss map, and with ``inputs = loss_label`` the labels one-hot after it.
+
+        Shape:
+            loss_map, labels - (N, H, W) or (N, D, H, W); returns (N, 1 [+ K], ...)
+        """
+        loss = loss_map.detach().unsqueeze(1)
+        if self.options.inputs == "loss":
+            return loss
+        if labels is None:
+            raise ValueError("mcpm with inputs = loss_label needs the labels")
+        one_hot = F.one_hot(labels.long(), self.run.num_classes).movedim(-1, 1).to(loss.dtype)
+        return torch.cat([loss, one_hot], dim=1)
 
 
 @hookimpl

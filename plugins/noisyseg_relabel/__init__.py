@@ -22,6 +22,10 @@ Choices (not from a paper; tested in tests/test_relabel.py): hard labels; the av
 the epochs a pixel was seen, not over steps; labels change only at the end of an epoch, and among
 several processes every process takes every process's averages and changes at once, so all hold
 the same state.
+
+``confident`` (:mod:`noisyseg_relabel.confident`), registered here too, relabels without weights:
+once, the pixels the network contradicts with a probability above a threshold (the correction
+step of the ``nwdice_rounds`` recipe).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from noisyseg import LabelCorrector, RunContext, hookimpl
+from noisyseg_relabel.confident import ConfidentCorrector
 
 
 class RelabelOptions(BaseModel):
@@ -121,4 +126,4 @@ class RelabelCorrector(LabelCorrector):
 
 @hookimpl
 def register_label_correctors() -> list[type[LabelCorrector]]:
-    return [RelabelCorrector]
+    return [RelabelCorrector, ConfidentCorrector]

@@ -1,0 +1,90 @@
+"""A run's parts from its config: the device, the seeds, the components through the registry,
+the config with every component's options written out, the optimiser and its schedule."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from noisyseg.components import Components
+from noisyseg.config import Config, resolve
+from noisyseg.data import steps_per_epoch
+from noisyseg.distributed import World
+from noisyseg.errors import ConfigError
+from noisyseg.kinds import KINDS
+from noisyseg.plugins import Registry
+
+
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else as torch reads it. Among several
+    processes on CUDA, process r of this machine gets GPU r (its local rank)."""
+    world = world or World()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: cannot read {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but CUDA is not available here")
+    if world.size > 1 and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(f"device: {name!r} names one GPU, but {world.size} processes train; "
+                              "use cuda or auto (process r takes GPU r)")
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {world.rank} of {world.size} on this machine needs GPU "
+                f"{world.local_rank}, but {torch.cuda.device_count()} are visible; use one process "
+                "per GPU, or device cpu")
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_components(config: Config, registry: Registry) -> Components:
+    """Every kind's component as the config names it, its options validated."""
+    sections = {key: getattr(config, key) for key in KINDS}
+    return Components({key: registry.build(key, s.name, s.options) for key, s in sections.items()})
+
+
+def with_options(config: Config, parts: Components) -> Config:
+    """The config with every component's options as validated, defaults filled in: what
+    config.yaml records, so a repeated run does not depend on a plugin's defaults staying put."""
+    data = config.model_dump(mode="json")
+    for key in KINDS:
+        data[key]["options"] = getattr(parts, key).options.model_dump(mode="json")
+    return resolve(data)
+
+
+def epochs_for_steps(config: Config, n_train: int) -> Config:
+    """With ``train.steps``: the config whose epochs give about that many optimiser steps on
+    ``n_train`` training images (rounded to whole epochs, at least one)."""
+    t = config.train
+    if t.steps is None:
+        return config
+    epochs = max(1, round(t.steps / steps_per_epoch(n_train, t.batch_size)))
+    return config.model_copy(update={"train": t.model_copy(update={"epochs": epochs})})
+
+
+def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+    """Per-epoch learning-rate schedule (stepped once at the end of every epoch)."""
+    t = config.train
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    milestones = t.lr_decay_epochs if t.schedule == "step" else []
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=t.lr_decay_factor)
