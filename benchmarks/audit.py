@@ -4,7 +4,7 @@ out-of-sample probabilities, and the audit's peak memory at 1,000 and 10,000 ima
     python benchmarks/audit.py                     # CPU size, 3 seeds, 3 folds, memory at 1k and 10k
     python benchmarks/audit.py --preset smoke --datasets synthetic --noises dilation --seeds 0 \\
         --folds 2 --memory 200 400                 # seconds: the smallest settings
-    python benchmarks/audit.py --summary --docs    # the tables from the CSV, into docs/audit.md
+    python benchmarks/audit.py --summary --docs    # the tables from the store, into docs/audit.md
 
 Per dataset (the preset's synthetic lesions and MNI152 white matter), noise setting and seed:
 ``noisyseg.audit`` with K folds (the preset's network and training, ``--method`` as the
@@ -21,16 +21,24 @@ dataset cache, and a fresh process audits them (the default 3 folds, each run cu
 ``--memory-steps`` optimiser steps; the scoring pass is the full one): its peak resident memory
 (VmHWM) is what the last line reports, for the largest n.
 
-Rows go to benchmarks/results/audit-<preset>.csv (a setting found there is not run again) and
-audit-<preset>-memory.csv. Prints a table per noise setting, each signal's mean AUROC, and last
-``audit_auroc=<mean image AUROC of the default signal> cleanlab_auroc=<cleanlab's>
-audit_p_at_k=<the default signal's mean precision at k> peak_rss_mb=<at the largest n>``.
+Results go to the results store (benchmarks/results/results.sqlite, :mod:`store`), benchmark
+``audit``: a row per setting (preset, dataset, noise and its options, rate, method, seed; metrics:
+each signal's image AUROC and precision at k, the pixel AUPRC and F1, and cleanlab's, with its
+version) and one per memory measurement (preset ``memory``, no method; metrics: images, steps,
+peak RSS, data size). The digest of a row is that of the audit's config plus the number of folds
+(and ``audit``: a row is never taken for a training run of the same config). A setting or
+measurement stored for this commit is not run again, so a benchmark killed part way goes on
+where it stopped when started again (the audit of the setting it was in goes on from its
+finished fold runs). ``--summary`` and ``--docs`` read the store: per setting and seed the newest
+row. The cleanlab version goes to stderr and into every row. Prints a table per noise setting,
+each signal's mean AUROC, and last ``audit_auroc=<mean image AUROC of the default signal>
+cleanlab_auroc=<cleanlab's> audit_p_at_k=<the default signal's mean precision at k>
+peak_rss_mb=<at the largest n>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -41,18 +49,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import store
 from protocol import NOISES, PRESETS, ROOT, method_config
 
-from noisyseg.config import merge
+from noisyseg.config import merge, resolve
 
+BENCHMARK = "audit"
 #: (noise label, rate): the toolkit's noise and the literature's protocols (the noise suite's
 #: settings; a label benchmarks/protocol.py does not define yet is skipped, with a note)
 SETTINGS: tuple[tuple[str, float], ...] = (
     ("dilation", 0.4), ("elastic", 0.4), ("alphabeta_a05_b05", 0.5), ("alphabeta_a07_b07", 0.7),
     ("markov_grow", 0.4), ("markov_shrink", 0.4), ("jsrt", 0.4),
 )
-FIELDS = ("preset", "dataset", "noise", "rate", "seed", "folds", "method", "tool", "signal",
-          "image_auroc", "p_at_k", "k", "images", "pixel_auprc", "pixel_f1", "seconds")
+#: the preset of the memory measurements' rows (their data and network are their own)
+MEMORY = "memory"
 DOCS = ROOT / "docs" / "audit.md"
 START, END = "<!-- audit:start (python benchmarks/audit.py --summary --docs) -->", "<!-- audit:end -->"
 
@@ -63,22 +73,33 @@ def _f1(flagged: Any, wrong: Any) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-def one(preset: str, dataset: str, noise: str, rate: float, seed: int, folds: int, method: str,
-        runs: Path) -> list[dict[str, Any]]:
-    """Audit one setting and score cleanlab on the same probabilities: the CSV rows."""
+def setting_config(preset: str, dataset: str, noise: str, rate: float, seed: int, method: str,
+                   runs: Path, folds: int) -> dict[str, Any]:
+    """The config of one setting's audit (its directory under ``runs``)."""
+    p = PRESETS[preset]
+    name = f"{dataset}-{noise}-r{rate:g}-{method}-k{folds}-s{seed}"
+    return merge(merge(p["base"], method_config(method)), {
+        "seed": seed, "dataset": p["datasets"][dataset], "noise": {**NOISES[noise], "rate": rate},
+        "output": {"dir": str(runs / name), "overwrite": True}})
+
+
+def options(folds: int) -> dict[str, Any]:
+    """What sets a setting's result besides its config (:func:`store.digest`)."""
+    return {"benchmark": BENCHMARK, "folds": folds}
+
+
+def one(config: dict[str, Any], folds: int) -> tuple[dict[str, Any], float]:
+    """Audit one setting and score cleanlab on the same probabilities: (the metrics of its row,
+    the audit's seconds)."""
+    import cleanlab
     import numpy as np
     from cleanlab.segmentation.filter import find_label_issues
     from cleanlab.segmentation.rank import get_label_quality_scores
 
     import noisyseg
-    from noisyseg.auditor import DEFAULT_SIGNAL, SIGNALS, PixelCurve, precision_at_k
+    from noisyseg.audit_signals import DEFAULT_SIGNAL, SIGNALS, PixelCurve, precision_at_k
     from noisyseg.metrics import detection_auroc
 
-    p = PRESETS[preset]
-    name = f"{dataset}-{noise}-r{rate:g}-{method}-k{folds}-s{seed}"
-    config = merge(merge(p["base"], method_config(method)), {
-        "seed": seed, "dataset": p["datasets"][dataset], "noise": {**NOISES[noise], "rate": rate},
-        "output": {"dir": str(runs / name), "overwrite": True}})
     kept: dict[str, list[Any]] = {"probs": [], "given": [], "clean": []}
 
     def keep(index: Any, probs: Any, given: Any, clean: Any) -> None:
@@ -92,48 +113,46 @@ def one(preset: str, dataset: str, noise: str, rate: float, seed: int, folds: in
     probs_a, given_a, clean_a = (np.concatenate(kept.pop(key)) for key in ("probs", "given", "clean"))
     wrong = given_a != clean_a
     positives = wrong.reshape(len(wrong), -1).any(1)
-    base = {"preset": preset, "dataset": dataset, "noise": noise, "rate": rate, "seed": seed,
-            "folds": folds, "method": method, "k": int(positives.sum()), "images": len(positives),
-            "seconds": seconds}
     s = result.summary
-    ours_f1 = _f1(probs_a.argmax(1) != given_a, wrong)
-    rows = [{**base, "tool": "noisyseg", "signal": sig, "pixel_auprc": s["pixel_auprc"],
-             "pixel_f1": ours_f1, "image_auroc": s["signals"][sig]["image_auroc"],
-             "p_at_k": s["signals"][sig]["precision_at_k"]} for sig in SIGNALS]
-    assert rows[list(SIGNALS).index(DEFAULT_SIGNAL)]["image_auroc"] == s["image_auroc"]
+    signals = {sig: {"image_auroc": s["signals"][sig]["image_auroc"],
+                     "p_at_k": s["signals"][sig]["precision_at_k"]} for sig in SIGNALS}
+    assert signals[DEFAULT_SIGNAL]["image_auroc"] == s["image_auroc"]
     labels = given_a.astype(np.int64)
     quality, pixel = get_label_quality_scores(labels, probs_a, verbose=False)
     curve = PixelCurve()
     curve.add(1 - pixel, wrong)
     issues = find_label_issues(labels, probs_a, downsample=1, n_jobs=1, verbose=False)
-    rows.append({**base, "tool": "cleanlab", "signal": "softmin", "pixel_auprc": curve.auprc(),
-                 "pixel_f1": _f1(np.asarray(issues, dtype=bool), wrong),
-                 "image_auroc": detection_auroc(1 - quality, positives),
-                 "p_at_k": precision_at_k(1 - quality, positives)})
-    return rows
+    metrics = {
+        "folds": folds, "k": int(positives.sum()), "images": len(positives), "signal": DEFAULT_SIGNAL,
+        "image_auroc": s["image_auroc"], "p_at_k": s["precision_at_k"],
+        "pixel_auprc": s["pixel_auprc"], "pixel_f1": _f1(probs_a.argmax(1) != given_a, wrong),
+        "signals": signals,
+        "cleanlab": {"version": cleanlab.__version__, "signal": "softmin",
+                     "image_auroc": detection_auroc(1 - quality, positives),
+                     "p_at_k": precision_at_k(1 - quality, positives),
+                     "pixel_auprc": curve.auprc(),
+                     "pixel_f1": _f1(np.asarray(issues, dtype=bool), wrong)},
+    }
+    return metrics, seconds
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for key in ("rate", "image_auroc", "p_at_k", "pixel_auprc", "pixel_f1", "seconds"):
-            r[key] = float(r[key]) if r[key] not in ("", "nan") else math.nan
-        for key in ("seed", "folds", "k", "images"):
-            r[key] = int(r[key])
-    return rows
+def run_setting(preset: str, dataset: str, noise: str, rate: float, seed: int, folds: int,
+                method: str, runs: Path) -> tuple[dict[str, Any], bool]:
+    """The stored row of a setting (audited now unless the store holds it for this commit), and
+    whether it was audited now."""
+    from noisyseg.build import resolve_device
 
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    config = setting_config(preset, dataset, noise, rate, seed, method, runs, folds)
+    known = store.done(store.digest(config, options(folds)))
+    if known is not None:
+        return known, False
+    metrics, seconds = one(config, folds)
+    cfg = resolve(config)
+    return store.record(
+        benchmark=BENCHMARK, preset=preset, dataset=dataset, noise=noise,
+        noise_options=NOISES[noise].get("options", {}), rate=rate, method=method,
+        recipe=cfg.recipe.name, seed=seed, metrics=metrics, config=config, options=options(folds),
+        device=str(resolve_device(cfg.device)), seconds=seconds), True
 
 
 _GENERATE = """
@@ -147,23 +166,79 @@ _AUDIT = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
 import noisyseg
-r = noisyseg.audit(dataset={"name": "synthetic", "options": {"size": 64, "n_train": int(sys.argv[1]),
-                   "n_meta": 50, "n_test": 50}}, train={"max_steps": int(sys.argv[2]), "eval_every": 0},
-                   output={"dir": sys.argv[3], "overwrite": True, "figure_images": 0}, progress=False)
+r = noisyseg.audit(json.loads(sys.argv[1]), progress=False)
 print(json.dumps({"peak_rss_mb": r.summary["peak_rss_mb"], "seconds": r.summary["seconds"]}))
 """
 
 
+def memory_config(n: int, steps: int, runs: Path) -> dict[str, Any]:
+    """The config of the memory measurement at n images (the audit's defaults otherwise: 3 folds)."""
+    return {"dataset": {"name": "synthetic", "options": {"size": 64, "n_train": n, "n_meta": 50,
+                                                         "n_test": 50}},
+            "train": {"max_steps": steps, "eval_every": 0},
+            "output": {"dir": str(runs / f"memory-{n}"), "overwrite": True, "figure_images": 0}}
+
+
 def memory(n: int, steps: int, runs: Path) -> dict[str, Any]:
-    """Peak RSS of a fresh process auditing n synthetic 64x64 images (generated beforehand)."""
+    """Peak RSS of a fresh process auditing n synthetic 64x64 images (generated beforehand):
+    its stored row, measured now unless the store holds it for this commit."""
+    from noisyseg.build import resolve_device
+
+    config = memory_config(n, steps, runs)
+    known = store.done(store.digest(config, options(3)))
+    if known is not None:
+        return known
     env = dict(os.environ)
     subprocess.run([sys.executable, "-c", _GENERATE, str(n)], check=True, env=env)
-    out = subprocess.run([sys.executable, "-c", _AUDIT, str(n), str(steps), str(runs / f"memory-{n}")],
+    out = subprocess.run([sys.executable, "-c", _AUDIT, json.dumps(config)],
                          check=True, env=env, capture_output=True, text=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     data_mb = n * 64 * 64 * (4 + 8) / 2**20  # float32 images, int64 masks
-    return {"images": n, "peak_rss_mb": round(got["peak_rss_mb"], 1), "data_mb": round(data_mb, 1),
-            "seconds": got["seconds"]}
+    metrics = {"images": n, "steps": steps, "folds": 3, "peak_rss_mb": round(got["peak_rss_mb"], 1),
+               "data_mb": round(data_mb, 1), "seconds": got["seconds"]}
+    return store.record(benchmark=BENCHMARK, preset=MEMORY, dataset="synthetic", metrics=metrics,
+                        config=config, options=options(3), seconds=got["seconds"],
+                        device=str(resolve_device(resolve(config).device)))
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def flat(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stored setting as the tables read it: a row per signal of the audit (tool ``noisyseg``)
+    and one for cleanlab's softmin (tool ``cleanlab``)."""
+    m = row["metrics"]
+    base = {"dataset": row["dataset"], "noise": row["noise"], "rate": row["rate"], "seed": row["seed"],
+            "pixel_auprc": _num(m["pixel_auprc"]), "pixel_f1": _num(m["pixel_f1"])}
+    out = [{**base, "tool": "noisyseg", "signal": sig, "image_auroc": _num(v["image_auroc"]),
+            "p_at_k": _num(v["p_at_k"])} for sig, v in m["signals"].items()]
+    c = m["cleanlab"]
+    out.append({**base, "tool": "cleanlab", "signal": c["signal"], "image_auroc": _num(c["image_auroc"]),
+                "p_at_k": _num(c["p_at_k"]), "pixel_auprc": _num(c["pixel_auprc"]),
+                "pixel_f1": _num(c["pixel_f1"])})
+    return out
+
+
+def stored(preset: str, datasets: list[str], settings: list[tuple[str, float]], seeds: list[int],
+           folds: int, method: str) -> list[dict[str, Any]]:
+    """The store's rows of these settings: per dataset, setting and seed the newest."""
+    newest: dict[tuple, dict[str, Any]] = {}
+    for r in store.rows(benchmark=BENCHMARK, preset=preset, method=method, seed=seeds):
+        if r["dataset"] in datasets and (r["noise"], r["rate"]) in settings \
+                and r["metrics"].get("folds") == folds:
+            newest[(r["dataset"], r["noise"], r["rate"], r["seed"])] = r  # oldest first
+    return list(newest.values())
+
+
+def stored_memory(sizes: list[int], steps: int) -> list[dict[str, Any]]:
+    """The newest memory measurement of each n of ``sizes``, smallest n first."""
+    newest: dict[int, dict[str, Any]] = {}
+    for r in store.rows(benchmark=BENCHMARK, preset=MEMORY):
+        m = r["metrics"]
+        if m["images"] in sizes and m["steps"] == steps:
+            newest[m["images"]] = m
+    return [newest[n] for n in sorted(newest)]
 
 
 def _mean(values: list[float]) -> float:
@@ -178,7 +253,7 @@ def _sd(values: list[float]) -> str:
 
 def summary(rows: list[dict[str, Any]], mem: list[dict[str, Any]]) -> tuple[str, str]:
     """The markdown tables and the last line."""
-    from noisyseg.auditor import DEFAULT_SIGNAL, SIGNALS
+    from noisyseg.audit_signals import DEFAULT_SIGNAL, SIGNALS
 
     settings = list(dict.fromkeys((r["dataset"], r["noise"], r["rate"]) for r in rows))
     pick = lambda tool, sig, d, n, r: [x for x in rows if (x["tool"], x["signal"], x["dataset"],  # noqa: E731
@@ -216,21 +291,20 @@ def summary(rows: list[dict[str, Any]], mem: list[dict[str, Any]]) -> tuple[str,
     return "\n".join(lines), last
 
 
-def write_docs(table: str, last: str, preset: str) -> None:
-    import cleanlab
-
+def write_docs(table: str, last: str, preset: str, versions: list[str]) -> None:
+    """The tables into docs/audit.md, with the cleanlab ``versions`` the rows compared with."""
     text = DOCS.read_text()
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    note = (f"Preset `{preset}`, cleanlab {cleanlab.__version__}; written by "
-            f"`python benchmarks/audit.py --summary --docs`.\n\n`{last}`")
+    note = (f"Preset `{preset}`, cleanlab {', '.join(versions) or 'n/a'}; written by "
+            f"`python benchmarks/audit.py --summary --docs` from the results store.\n\n`{last}`")
     DOCS.write_text(f"{head}{START}\n{note}\n\n{table}\n{END}{tail}")
 
 
 def main() -> None:
     import cleanlab
 
-    from noisyseg.auditor import DEFAULT_SIGNAL
+    from noisyseg.audit_signals import DEFAULT_SIGNAL
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -244,15 +318,10 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=20)
     parser.add_argument("--runs", type=Path, default=None,
                         help="where the audits go (default: runs/benchmarks/audit-<preset>)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="the results CSV (default: benchmarks/results/audit-<preset>.csv; "
-                        "the memory rows go beside it, -memory.csv)")
-    parser.add_argument("--summary", action="store_true", help="only print the tables of the CSV")
+    parser.add_argument("--summary", action="store_true", help="only print the tables of the store")
     parser.add_argument("--docs", action="store_true", help="write the tables into docs/audit.md")
     args = parser.parse_args()
     runs = args.runs or Path("runs") / "benchmarks" / f"audit-{args.preset}"
-    out = args.out or ROOT / "benchmarks" / "results" / f"audit-{args.preset}.csv"
-    mem_out = out.with_name(f"{out.stem}-memory.csv")
     settings = [s for s in SETTINGS if args.noises is None or s[0] in args.noises]
     missing = [n for n, _ in settings if n not in NOISES]
     if missing:
@@ -261,32 +330,26 @@ def main() -> None:
     settings = [s for s in settings if s[0] in NOISES]
     print(f"cleanlab {cleanlab.__version__}", file=sys.stderr)
     if not args.summary:
-        done = {(r["dataset"], r["noise"], r["rate"], r["seed"], r["folds"], r["method"])
-                for r in _read(out) if r["preset"] == args.preset}
-        plan = [(d, n, r, s) for s in args.seeds for d in args.datasets for n, r in settings
-                if (d, n, r, s, args.folds, args.method) not in done]
+        plan = [(d, n, r, s) for s in args.seeds for d in args.datasets for n, r in settings]
         start = time.perf_counter()
         for i, (d, n, r, s) in enumerate(plan, 1):
-            rows = one(args.preset, d, n, r, s, args.folds, args.method, runs)
-            _append(out, rows)
-            ours = next(x for x in rows if x["signal"] == DEFAULT_SIGNAL)
+            row, now = run_setting(args.preset, d, n, r, s, args.folds, args.method, runs)
+            m = row["metrics"]
             print(f"[{i}/{len(plan)} {time.perf_counter() - start:.0f} s] {d} {n} r{r:g} s{s}: "
-                  f"audit AUROC {ours['image_auroc']:.3f}, cleanlab {rows[-1]['image_auroc']:.3f} "
-                  f"({ours['seconds']:.0f} s)", flush=True)
-        if args.memory:
-            measured = [memory(n, args.memory_steps, runs) for n in args.memory]
-            with open(mem_out, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(measured[0]))
-                writer.writeheader()
-                writer.writerows(measured)
-    rows = [r for r in _read(out) if r["preset"] == args.preset and r["seed"] in args.seeds
-            and r["dataset"] in args.datasets and (r["noise"], r["rate"]) in settings
-            and r["folds"] == args.folds and r["method"] == args.method]
-    mem = list(csv.DictReader(open(mem_out))) if mem_out.exists() and args.memory else []
-    table, last = summary(rows, mem)
+                  f"audit AUROC {_num(m['signals'][DEFAULT_SIGNAL]['image_auroc']):.3f}, cleanlab "
+                  f"{_num(m['cleanlab']['image_auroc']):.3f} ({row['seconds']:.0f} s"
+                  + ("" if now else ", in the store already") + ")", flush=True)
+        for n in args.memory:
+            m = memory(n, args.memory_steps, runs)["metrics"]
+            print(f"memory: {n} images, peak RSS {m['peak_rss_mb']:.0f} MB ({m['seconds']:.0f} s)",
+                  flush=True)
+    found = stored(args.preset, args.datasets, settings, args.seeds, args.folds, args.method)
+    mem = stored_memory(args.memory, args.memory_steps) if args.memory else []
+    table, last = summary([x for r in found for x in flat(r)], mem)
     print(table)
     if args.docs:
-        write_docs(table, last, args.preset)
+        write_docs(table, last, args.preset,
+                   sorted({r["metrics"]["cleanlab"]["version"] for r in found}))
     print(last)
 
 

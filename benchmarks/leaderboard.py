@@ -43,9 +43,9 @@ PRESETS = {
 }
 
 Key = tuple[str, str, str, float]  # preset, dataset, noise, rate
-#: benchmarks that choose options on the meta images' validation share: their test Dice is kept in
-#: the store but is no method's result
-NOT_SHOWN = {"mcpm_sweep"}
+#: benchmarks whose rows are no method's result: mcpm_sweep chooses options on the meta images'
+#: validation share (its test Dice is kept in the store); audit stores detection scores, no Dice
+NOT_SHOWN = {"mcpm_sweep", "audit"}
 
 
 def _migrated(row: dict[str, Any]) -> bool:

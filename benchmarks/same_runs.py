@@ -33,7 +33,10 @@ SMALL = {
 }
 RUNS = {
     "none": {},
-    "mcpm": {"reweighter": {"name": "mcpm"}},
+    # mcpm as it was before its defaults changed (meta_lr 0.01, meta images trained on): the
+    # comparison is of the code, which must not change what a given configuration does
+    "mcpm": {"reweighter": {"name": "mcpm", "options": {"meta_lr": 1e-3}},
+             "train": {"train_on_meta": False}},
     "l2rw+relabel": {"reweighter": {"name": "l2rw"},
                      "corrector": {"name": "relabel", "options": {"warmup_epochs": 1}}},
     "finetune_cal": {"recipe": {"name": "finetune_cal"}},
@@ -77,6 +80,30 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
     return {"metrics": clean(metrics), "checkpoints": out}
 
 
+def _flat(metrics: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(metrics, dict):
+        return {prefix.rstrip("."): metrics}
+    return {k: v for key, value in metrics.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def _compare(name: str, mine: dict[str, Any], theirs: dict[str, Any] | None) -> bool:
+    """Same checkpoints and the same value for every metric both runs report; metrics that
+    only one side reports (a metric added by the change) are listed, not counted as different."""
+    if theirs is None:
+        print(f"{name}: not in the other checkout's fingerprints")
+        return False
+    a, b = _flat(mine["metrics"]), _flat(theirs["metrics"])
+    differ = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+    ok = not differ and mine["checkpoints"] == theirs["checkpoints"]
+    print(f"{name}: {'identical' if ok else 'DIFFERENT'} ({len(a.keys() & b.keys())} metrics and "
+          f"{len(mine['checkpoints'])} checkpoints compared"
+          + (f"; differ: {', '.join(differ)}" if differ else "")
+          + (f"; only here: {', '.join(sorted(a.keys() - b.keys()))}" if a.keys() - b.keys() else "")
+          + (f"; only there: {', '.join(sorted(b.keys() - a.keys()))}" if b.keys() - a.keys() else "")
+          + ")")
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="write the fingerprints here")
@@ -94,9 +121,7 @@ def main() -> None:
         print(f"runs={len(prints)}")
         return
     other = json.loads(args.against.read_text())
-    same = {name: prints[name] == other.get(name) for name in prints}
-    for name, ok in same.items():
-        print(f"{name}: {'identical' if ok else 'DIFFERENT'}")
+    same = {name: _compare(name, prints[name], other.get(name)) for name in prints}
     store.record(benchmark="same_runs", metrics={"identical": all(same.values()), **same,
                  "against": str(args.against)}, device="cpu")
     print(f"identical={str(all(same.values())).lower()} runs={len(prints)}")

@@ -12,7 +12,9 @@ digest of the resolved config and the config itself, the git commit and whether 
 uncommitted changes (then a digest of them), the torch version, the device, the seconds and the
 date. The same config digest on the same commit and tree is one row: a benchmark asks
 :func:`done` before running and :func:`record` ignores a second copy. Results of other commits
-stay beside it.
+stay beside it. A benchmark that measures something else than a run of the config (the audit's
+detection scores, say) passes its own settings as ``options``: they enter the digest, so its
+row is not taken for a plain run of the same config.
 
     python benchmarks/store.py                  # what the store holds, per benchmark and commit
     python benchmarks/store.py --sql "select method, count(*) from runs group by method"
@@ -62,6 +64,7 @@ CREATE TABLE IF NOT EXISTS runs (
     dice REAL,                        -- the final test Dice (also in metrics)
     metrics TEXT NOT NULL,            -- JSON: every final metric, a recipe's stages inside
     config_digest TEXT NOT NULL,      -- sha256 of the resolved config without its output section
+                                      -- (and of a benchmark's options, see digest())
     config BLOB,                      -- that config, JSON, zlib-compressed
     git_commit TEXT NOT NULL,         -- HEAD when the run started ('unknown' for migrated rows)
     git_tree TEXT NOT NULL,           -- 'clean', or 'dirty-<digest of the uncommitted changes>'
@@ -128,9 +131,16 @@ def _plugin_manager() -> Any:
     return build_plugin_manager()
 
 
-def digest(config: dict[str, Any]) -> str:
-    """sha256 of the resolved config (:func:`resolved`), keys sorted."""
-    return hashlib.sha256(json.dumps(resolved(config), sort_keys=True).encode()).hexdigest()
+def digest(config: dict[str, Any], options: dict[str, Any] | None = None) -> str:
+    """sha256 of the resolved config (:func:`resolved`), keys sorted; with ``options`` (what
+    else than the config sets a benchmark's result, e.g. ``{"benchmark": "audit", "folds": 3}``),
+    of both."""
+    return _digest(resolved(config), options)
+
+
+def _digest(data: dict[str, Any], options: dict[str, Any] | None) -> str:
+    payload = data if options is None else {"config": data, "options": options}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def done(config_digest: str, path: Path | None = None) -> dict[str, Any] | None:
@@ -146,10 +156,12 @@ def done(config_digest: str, path: Path | None = None) -> dict[str, Any] | None:
 
 
 def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | None = None,
-           path: Path | None = None, **fields: Any) -> dict[str, Any]:
-    """Store one run (a second copy of the same config on the same commit and tree is ignored)
-    and return its row. ``fields``: preset, dataset, noise, noise_options, rate, method,
-    recipe, seed, seconds, device, note (any may be left out, e.g. by a speed benchmark)."""
+           options: dict[str, Any] | None = None, path: Path | None = None,
+           **fields: Any) -> dict[str, Any]:
+    """Store one run (a second copy of the same config and ``options``, see :func:`digest`, on
+    the same commit and tree is ignored) and return its row. ``fields``: preset, dataset, noise,
+    noise_options, rate, method, recipe, seed, seconds, device, note (any may be left out, e.g.
+    by a speed benchmark)."""
     import torch
 
     unknown = set(fields) - set(COLUMNS)
@@ -162,8 +174,8 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
         "benchmark": benchmark,
         "dice": _finite(metrics.get("dice")),
         "metrics": json.dumps(_json_safe(metrics), sort_keys=True),
-        "config_digest": (hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-                          if data is not None else _metrics_digest(benchmark, fields)),
+        "config_digest": (_digest(data, options) if data is not None
+                          else _metrics_digest(benchmark, fields)),
         "config": zlib.compress(json.dumps(data, sort_keys=True).encode()) if data is not None else None,
         "git_commit": fields.get("git_commit", commit),
         "git_tree": fields.get("git_tree", tree),

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from noisyseg.batching import steps_per_epoch
 from noisyseg.components import Components
 from noisyseg.config import Config, resolve
-from noisyseg.data import steps_per_epoch
 from noisyseg.distributed import World
 from noisyseg.errors import ConfigError
 from noisyseg.kinds import KINDS

@@ -5,11 +5,13 @@ images chosen by the seed (share: :meth:`NoiseModel.image_share` of ``noise.rate
 itself unless the model sets its own); each chosen image gets its own generator seeded by (seed,
 index), so the corruption of one image does not depend on the others. A model that needs the
 images sees the splits first (:func:`prepare_noise`).
+
+The checks of a dataset's splits are :mod:`noisyseg.split_checks`, the batches of an epoch
+:mod:`noisyseg.batching` (both importable from here too).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +19,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from noisyseg.batching import MIN_META, MIN_STEPS, Cycler, batches, size_warnings, steps_per_epoch
 from noisyseg.components import NoiseModel, Split, Splits
-from noisyseg.errors import DataError, DataWarning
+from noisyseg.errors import DataError
 from noisyseg.scratch import Scratch, as_tensor, chunks, streams
+from noisyseg.split_checks import check_splits
+
+__all__ = [  # the second row lives in noisyseg.batching and noisyseg.split_checks
+    "NoisyTrainSet", "build_train_set", "choose_corrupted", "corrupt_image", "corrupt_split", "fold_of",
+    "noise_region", "prepare_noise",
+    "MIN_META", "MIN_STEPS", "Cycler", "batches", "check_splits", "size_warnings", "steps_per_epoch",
+]
 
 
 @dataclass
@@ -246,144 +256,3 @@ def _take(array: np.ndarray, index: np.ndarray, scratch: Scratch, dtype: Any = N
 def _float32(images: np.ndarray) -> np.ndarray:
     return images if images.dtype == np.float32 and images.flags.c_contiguous else \
         np.ascontiguousarray(images, dtype=np.float32)
-
-
-def check_splits(splits: Splits, source: str) -> None:
-    """Fail clearly when a dataset returns splits the engine cannot train on (wrong shapes, labels
-    out of range, NaN or infinite pixels); warn (:class:`DataWarning`, one line per split) about
-    constant images and masks without foreground. A chunk of images at a time."""
-    for name in ("train", "test"):
-        if len(getattr(splits, name)) == 0:
-            raise DataError(f"dataset '{source}' has an empty {name} split")
-    shape = splits.train.images.shape[1:]
-    dims = splits.train.images.ndim - 2
-    if splits.spacing is not None and (len(splits.spacing) != dims
-                                       or not all(s > 0 for s in splits.spacing)):
-        raise DataError(f"dataset '{source}': spacing {splits.spacing} must hold {dims} positive "
-                        "sizes (mm), one per spatial axis")
-    for name in ("train", "meta", "test"):
-        split: Split = getattr(splits, name)
-        if len(split) == 0:
-            continue
-        if split.images.ndim not in (4, 5) or split.masks.ndim != split.images.ndim - 1:
-            raise DataError(
-                f"dataset '{source}' {name} split: images must be (N, C, H, W) and masks "
-                f"(N, H, W), or volumes (N, C, D, H, W) and (N, D, H, W), got "
-                f"{split.images.shape} and {split.masks.shape}"
-            )
-        if split.images.shape[2:] != split.masks.shape[1:]:
-            raise DataError(f"dataset '{source}' {name} split: images {split.images.shape[1:]} "
-                            f"and masks {split.masks.shape[1:]} differ in size")
-        # the test split may hold larger volumes (predicted by a sliding window): same channels
-        same = (split.images.shape[1:] == shape if name != "test" else
-                split.images.ndim - 2 == dims and split.images.shape[1] == shape[0]
-                and all(a >= b for a, b in zip(split.images.shape[2:], shape[1:], strict=True)))
-        if not same:
-            raise DataError(
-                f"dataset '{source}' {name} split: every image must be {tuple(shape)}"
-                + (" (test images may be larger, with as many channels and axes)"
-                   if name == "test" else "") + f", got {split.images.shape[1:]}"
-            )
-        if not np.issubdtype(split.masks.dtype, np.integer):
-            raise DataError(f"dataset '{source}' {name} split: masks must hold integer labels, "
-                            f"got {split.masks.dtype}")
-        low = min(int(split.masks[p].min()) for p in chunks(len(split)))
-        high = max(int(split.masks[p].max()) for p in chunks(len(split)))
-        if low < 0 or high >= splits.num_classes:
-            raise DataError(
-                f"dataset '{source}' {name} split holds labels outside [0, {splits.num_classes})"
-            )
-        _check_pixels(split, f"dataset '{source}' {name} split")
-
-
-def _numbers(indices: np.ndarray) -> str:
-    shown = ", ".join(f"#{i}" for i in indices[:5].tolist())
-    return f"{shown}, ..." if len(indices) > 5 else shown
-
-
-def _check_pixels(split: Split, where: str) -> None:
-    """NaN or infinite pixels are an error; constant images and empty masks a warning.
-
-    Shape:
-        split.images - (N, C, H, W); split.masks - (N, H, W)
-    """
-    constant, empty = [], []
-    for part in chunks(len(split)):
-        images = np.asarray(split.images[part]).reshape(part.stop - part.start, -1)
-        finite = np.isfinite(images)
-        if not finite.all():
-            i, j = np.argwhere(~finite)[0]
-            pixel = tuple(int(k) for k in np.unravel_index(j, split.images.shape[1:]))
-            axes = "(channel, row, column)" if len(pixel) == 3 else "(channel, slice, row, column)"
-            raise DataError(f"{where}: image #{part.start + i} holds a non-finite pixel value "
-                            f"({images[i, j]} at {axes} {pixel}); fix or remove that image")
-        constant.append(part.start + np.flatnonzero(images.min(axis=1) == images.max(axis=1)))
-        masks = np.asarray(split.masks[part]).reshape(part.stop - part.start, -1)
-        empty.append(part.start + np.flatnonzero(masks.max(axis=1) == 0))
-    found = [f"{len(ix)} {what}{'s' * (len(ix) > 1)} ({_numbers(ix)})"
-             for ix, what in ((np.concatenate(constant), "constant image"),
-                              (np.concatenate(empty), "empty mask")) if len(ix)]
-    if found:
-        warnings.warn(f"{where}: {', '.join(found)}", DataWarning, stacklevel=3)
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches in one epoch of :func:`batches`: full batches only, at least one."""
-    return max(n // batch_size, 1)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch of shuffled index batches (the last, smaller batch is dropped if n > batch)."""
-    order = torch.randperm(n, generator=generator)
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps_per_epoch(n, batch_size))]
-
-
-class Cycler:
-    """Endless shuffled batches from a fixed set of tensors (used for the meta set)."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
-        self.tensors = tensors
-        self.batch_size = min(batch_size, len(tensors[0]))
-        self.generator = torch.Generator().manual_seed(seed)
-        self._queue: list[torch.Tensor] = []
-
-    def __next__(self) -> tuple[torch.Tensor, ...]:
-        if not self._queue:
-            self._queue = batches(len(self.tensors[0]), self.batch_size, self.generator)
-        index = self._queue.pop(0)
-        return tuple(t[index] for t in self.tensors)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the cycle stands: the generator and the batches left in the current pass."""
-        return {"generator": self.generator.get_state(), "queue": [q.clone() for q in self._queue]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self._queue = [q.clone() for q in state["queue"]]
-
-
-#: fewer optimiser steps than this in a whole run and a U-Net has barely started to segment
-MIN_STEPS = 200
-#: a meta set smaller than this gives a meta reweighter little to learn from
-MIN_META = 10
-
-
-def size_warnings(n_train: int, n_meta: int, batch_size: int, epochs: int, max_steps: int | None,
-                  uses_meta: bool) -> list[str]:
-    """What is too small about a run's data for its training to mean much, one message each."""
-    messages = []
-    per_epoch = steps_per_epoch(n_train, batch_size)
-    steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
-    if steps < MIN_STEPS:
-        need = -(-MIN_STEPS // per_epoch)
-        messages.append(
-            f"this run takes only {steps} optimiser steps ({epochs} epochs of {per_epoch} batches of "
-            f"{batch_size} on {n_train} training images); small sets need more steps to learn "
-            f"anything: set train.epochs to at least {need} (--epochs {need})"
-        )
-    if uses_meta and n_meta < MIN_META:
-        messages.append(
-            f"the meta split holds only {n_meta} image(s), and the reweighter learns from it alone; "
-            f"give it at least {MIN_META} clean images"
-        )
-    return messages

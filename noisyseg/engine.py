@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from noisyseg import distributed, rundir, tracking
+from noisyseg.batching import Cycler, size_warnings, steps_per_epoch
 from noisyseg.build import (
     build_components,
     epochs_for_steps,
@@ -37,15 +38,7 @@ from noisyseg.checks import (
 )
 from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Split, Splits
 from noisyseg.config import Config, resolve
-from noisyseg.data import (
-    Cycler,
-    NoisyTrainSet,
-    build_train_set,
-    check_splits,
-    prepare_noise,
-    size_warnings,
-    steps_per_epoch,
-)
+from noisyseg.data import NoisyTrainSet, build_train_set, prepare_noise
 from noisyseg.datacache import load_splits
 from noisyseg.determinism import determinism
 from noisyseg.distributed import World
@@ -53,6 +46,7 @@ from noisyseg.errors import ConfigError, DataWarning
 from noisyseg.loop import Loop
 from noisyseg.outputs import out_channels
 from noisyseg.plugins import Registry, build_plugin_manager
+from noisyseg.split_checks import check_splits
 
 
 @dataclass
@@ -177,7 +171,10 @@ def _data(cfg: Config, parts: Components, checkpoint: dict[str, Any] | None, wor
         check_splits(loaded, cfg.dataset.name)
     check_volumes(cfg, parts, loaded)
     needs_meta = parts.reweighter.needs_meta_batch
-    include_meta = cfg.train.train_on_meta if cfg.train.train_on_meta is not None else not needs_meta
+    include_meta = cfg.train.train_on_meta
+    if include_meta is None:
+        wants = parts.reweighter.trains_on_meta
+        include_meta = wants if wants is not None else not needs_meta
     splits, calibration, aside, start = loaded, None, None, None
     if cfg.train.calibration_share is not None:
         splits, calibration = hold_out(loaded, cfg.train.calibration_share, cfg.seed)

@@ -4,8 +4,9 @@ Everything that differs between kinds is in this table, and every other place is
 it: the config's sections (:mod:`noisyseg.config`), the plugin hooks (:mod:`noisyseg.hookspecs`),
 the registry (:mod:`noisyseg.plugins`), the run's components (:mod:`noisyseg.engine`), the command
 line's flags and listings (:mod:`noisyseg.cli`) and the check kit (:mod:`noisyseg.testing`). A new
-kind is one row here, its base class in :mod:`noisyseg.components` and its check in
-:mod:`noisyseg.testing`.
+kind is one row here, its base class in :mod:`noisyseg.components` and its check in the check kit
+(:mod:`noisyseg.contract_data` or :mod:`noisyseg.contract_methods`, exported by
+:mod:`noisyseg.testing`).
 
 This module imports nothing heavy, so the command line can read it without torch.
 """
@@ -33,7 +34,8 @@ class Kind:
     title: str
     #: the name a run uses when the config gives none
     default: str
-    #: its contract check, by name, in :mod:`noisyseg.testing`
+    #: its contract check, by name, in :mod:`noisyseg.testing` (whose ``CHECKS`` maps each kind
+    #: to it; this table does not import the check kit)
     check_name: str
     #: in a recipe of several stages: True when each stage picks its own (the training method:
     #: loss, reweighter, corrector), False when the run's choice reaches every stage (the data,
@@ -44,11 +46,6 @@ class Kind:
     def base(self) -> Any:
         """The base class (imports :mod:`noisyseg.components`, hence torch)."""
         return getattr(import_module("noisyseg.components"), self.base_name)
-
-    @property
-    def check(self) -> Any:
-        """The check kit's function for this kind."""
-        return getattr(import_module("noisyseg.testing"), self.check_name)
 
 
 KINDS: dict[str, Kind] = {kind.key: kind for kind in (

@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 
 from noisyseg import checkpointing, figures, rundir
 from noisyseg.augment import Augmenter, to_original
+from noisyseg.batching import Cycler, batches, steps_per_epoch
 from noisyseg.components import Components, Split, Splits
 from noisyseg.config import Config
-from noisyseg.data import Cycler, NoisyTrainSet, batches, steps_per_epoch
+from noisyseg.data import NoisyTrainSet
 from noisyseg.distributed import World
 from noisyseg.errors import NumericalError
 from noisyseg.evaluation import evaluate, keep_best

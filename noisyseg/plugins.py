@@ -20,7 +20,7 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from noisyseg import hookspecs
-from noisyseg.components import Component
+from noisyseg.component import Component
 from noisyseg.config import format_errors
 from noisyseg.errors import ConfigError, PluginError
 from noisyseg.kinds import KINDS
@@ -195,6 +195,7 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation)
-    for prefix in ("typing.", "pathlib.", "collections.abc.", "noisyseg.components."):
+    for prefix in ("typing.", "pathlib.", "collections.abc.", "noisyseg.components.",
+                   "noisyseg.recipe_kind."):
         text = text.replace(prefix, "")
     return text.replace("NoneType", "None")

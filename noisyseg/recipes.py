@@ -24,19 +24,21 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
 from noisyseg import distributed, rundir
+from noisyseg.build import build_components, with_options
 from noisyseg.components import Recipe, Stage
 from noisyseg.config import Config, load_file, merge, resolve
+from noisyseg.engine import RunResult, run
 from noisyseg.errors import ConfigError
 from noisyseg.kinds import KINDS
 from noisyseg.plugins import Registry
+from noisyseg.rundir import is_recipe_dir
 
-if TYPE_CHECKING:
-    from noisyseg.engine import RunResult
+__all__ = ["Finished", "is_recipe_dir", "run_recipe", "stage_config", "stage_dir"]
 
 #: settings that give a run its length: a stage with ``step_share`` sets its own
 _LENGTH = ("epochs", "max_steps", "steps")
@@ -55,15 +57,6 @@ class Finished:
 def stage_dir(run_dir: Path, index: int, stage: Stage) -> Path:
     """The run directory of stage ``index`` (0-based) inside the recipe's."""
     return run_dir / f"{index + 1}-{stage.name}"
-
-
-def is_recipe_dir(path: Path) -> bool:
-    """Does ``path`` hold a recipe of several stages (no checkpoint of its own)?"""
-    config = path / rundir.CONFIG
-    if not config.is_file() or (path / rundir.CHECKPOINT).exists():
-        return False
-    stages = (load_file(config).get("recipe") or {}).get("options", {}).get("stages") or []
-    return len(stages) > 1
 
 
 def stage_config(base: Config, recipe: Recipe, index: int, previous: Finished | None,
@@ -183,24 +176,9 @@ def run_recipe(cfg: Config | None, pm: pluggy.PluginManager, progress: bool = Tr
     """Run every stage of the config's recipe into one run directory (or go on with the one in
     ``resume``). ``handed``: ``pm`` was given by the caller (it then reaches every stage);
     ``label`` goes before each stage's name in the progress bar."""
-    from noisyseg.build import build_components, with_options
-    from noisyseg.engine import RunResult, run
-
     registry = Registry(pm)
     world = distributed.env_world()
-    if resume is not None:
-        top = Path(resume)
-        if (top / rundir.FINAL).exists():
-            raise ConfigError(f"cannot resume: {top} holds a finished run ({rundir.FINAL}); nothing to do")
-        cfg = resolve(load_file(top / rundir.CONFIG))
-        created = False
-    else:
-        assert cfg is not None
-        top = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
-        if world.is_main:
-            rundir.check_free(top, cfg.output.overwrite)
-        created = not top.exists()
-        cfg = with_options(cfg, build_components(cfg, registry))
+    top, cfg, created = _top_dir(cfg, resume, registry, world)
     recipe = registry.build("recipe", cfg.recipe.name, cfg.recipe.options)
     stages = recipe.stages
     if resume is None and world.is_main:
@@ -233,6 +211,30 @@ def run_recipe(cfg: Config | None, pm: pluggy.PluginManager, progress: bool = Tr
             exc.__notes__ = [f"the finished stages and epochs are kept in {top}; continue with: "
                              f"noisyseg run --resume {top}" if kept else "nothing was kept"]
         raise
+    return _recipe_result(top, cfg, stages, finished, world)
+
+
+def _top_dir(cfg: Config | None, resume: Path | None, registry: Registry,
+             world: distributed.World) -> tuple[Path, Config, bool]:
+    """The recipe's run directory, its config (every component's options filled in) and whether
+    this run creates the directory; for ``resume``, the directory and config of the run to go on."""
+    if resume is not None:
+        top = Path(resume)
+        if (top / rundir.FINAL).exists():
+            raise ConfigError(f"cannot resume: {top} holds a finished run ({rundir.FINAL}); nothing to do")
+        return top, resolve(load_file(top / rundir.CONFIG)), False
+    assert cfg is not None
+    top = Path(cfg.output.dir) if cfg.output.dir is not None else rundir.default_dir(cfg)
+    if world.is_main:
+        rundir.check_free(top, cfg.output.overwrite)
+    created = not top.exists()
+    return top, with_options(cfg, build_components(cfg, registry)), created
+
+
+def _recipe_result(top: Path, cfg: Config, stages: list[Stage], finished: list[Finished],
+                   world: distributed.World) -> RunResult:
+    """The recipe's result from its finished stages: the last stage's test metrics and every
+    stage's (written to ``top`` by the main process), the history of them all."""
     final = {**finished[-1].metrics,
              "stages": {stage_dir(top, i, s).name: f.metrics
                         for i, (s, f) in enumerate(zip(stages, finished, strict=True))}}

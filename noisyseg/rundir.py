@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from noisyseg.config import Config, dump
+from noisyseg.config import Config, dump, load_file
 from noisyseg.errors import CheckpointError, ConfigError
 
 CONFIG = "config.yaml"
@@ -34,6 +34,15 @@ def default_dir(config: Config) -> Path:
     if config.recipe.name != "none":
         parts[2:] = [config.recipe.name]
     return Path("runs") / f"{stamp}-{'-'.join(parts)}"
+
+
+def is_recipe_dir(path: Path) -> bool:
+    """Does ``path`` hold a recipe of several stages (no checkpoint of its own)?"""
+    config = path / CONFIG
+    if not config.is_file() or (path / CHECKPOINT).exists():
+        return False
+    stages = (load_file(config).get("recipe") or {}).get("options", {}).get("stages") or []
+    return len(stages) > 1
 
 
 def check_free(path: Path, overwrite: bool) -> None:

@@ -131,10 +131,7 @@ def train_step(
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
-        raise NoisysegError(
-            f"reweighter '{reweighter.name}' returned weights of shape {tuple(weights.shape)}, "
-            f"expected {tuple(loss_map.shape)}"
-        )
+        raise _shape_error(reweighter, weights, loss_map)
     loss = (weights * loss_map).mean() if apply_weights else loss_map.mean()
     optimizer.zero_grad(set_to_none=True)
     # one host synchronisation for the checks: the loss, the loss map, the weights (finite, >= 0)
@@ -142,12 +139,7 @@ def train_step(
     finite, map_finite, valid = (bool(v) for v in torch.stack(
         [torch.isfinite(loss), torch.isfinite(loss_map).all(), ok_weights.all()]).tolist())
     if not valid and map_finite:  # the reweighter's own fault, not a diverging network's
-        bad = weights[~ok_weights]
-        raise NoisysegError(
-            f"reweighter '{reweighter.name}' returned {bad.numel()} negative or non-finite "
-            f"weight(s) at step {step} (epoch {epoch + 1}), e.g. {bad[0].item()}; weights must be "
-            "finite and >= 0 (a negative weight would reverse the gradient)"
-        )
+        raise _weights_error(reweighter, weights[~ok_weights], step, epoch)
     if not (world or World()).all_true(finite):
         if on_nonfinite == "skip":
             return StepOutput(loss=torch.full_like(loss, math.nan).detach(), weights=weights,
@@ -162,6 +154,23 @@ def train_step(
         nn.utils.clip_grad_norm_([*model.parameters(), *learned], grad_clip)
     optimizer.step()
     return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
+
+
+def _shape_error(reweighter: Reweighter, weights: torch.Tensor, loss_map: torch.Tensor) -> NoisysegError:
+    """The error of a reweighter whose weights do not have the loss map's shape."""
+    return NoisysegError(
+        f"reweighter '{reweighter.name}' returned weights of shape {tuple(weights.shape)}, "
+        f"expected {tuple(loss_map.shape)}"
+    )
+
+
+def _weights_error(reweighter: Reweighter, bad: torch.Tensor, step: int, epoch: int) -> NoisysegError:
+    """The error of a reweighter that gave the weights ``bad`` (negative or not finite)."""
+    return NoisysegError(
+        f"reweighter '{reweighter.name}' returned {bad.numel()} negative or non-finite "
+        f"weight(s) at step {step} (epoch {epoch + 1}), e.g. {bad[0].item()}; weights must be "
+        "finite and >= 0 (a negative weight would reverse the gradient)"
+    )
 
 
 def step_context(

@@ -188,9 +188,7 @@ class MLflowTracker(Tracker):
 
     def _home(self) -> Path:
         """The directory of the local store: the run's, or a recipe's around its stages."""
-        from noisyseg.recipes import is_recipe_dir
-
-        return self.run_dir.parent if is_recipe_dir(self.run_dir.parent) else self.run_dir
+        return self.run_dir.parent if rundir.is_recipe_dir(self.run_dir.parent) else self.run_dir
 
     def _run_name(self) -> str:
         home = self._home()

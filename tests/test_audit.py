@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -347,18 +348,28 @@ def test_the_command_line_offers_every_signal() -> None:
 
 
 # --------------------------------------------------------------------------- the benchmark
-def test_the_benchmark_prints_its_last_line(tmp_path: Path) -> None:
+def test_the_benchmark_stores_each_setting_once_and_prints_its_last_line(tmp_path: Path) -> None:
     import re
+    import sqlite3
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "audit.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--preset", "smoke", "--datasets", "synthetic", "--noises",
-         "dilation", "--seeds", "0", "--folds", "2", "--memory", "--runs", str(tmp_path / "runs"),
-         "--out", str(tmp_path / "audit.csv")], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    last = out.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"audit_auroc=[\d.]+ cleanlab_auroc=[\d.]+ audit_p_at_k=[\d.]+ "
-                        r"peak_rss_mb=nan", last), last
-    rows = _csv(tmp_path / "audit.csv")
-    assert {r["tool"] for r in rows} == {"noisyseg", "cleanlab"} and len(rows) == len(SIGNALS) + 1
+    results = tmp_path / "results.sqlite"
+    env = {**os.environ, "NOISYSEG_RESULTS_STORE": str(results)}
+    command = [sys.executable, str(script), "--preset", "smoke", "--datasets", "synthetic", "--noises",
+               "dilation", "--seeds", "0", "--folds", "2", "--memory", "--runs", str(tmp_path / "runs")]
+    for _ in range(2):  # the second time the setting is in the store for this commit: not run again
+        out = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        last = out.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(r"audit_auroc=[\d.]+ cleanlab_auroc=[\d.]+ audit_p_at_k=[\d.]+ "
+                            r"peak_rss_mb=nan", last), last
+    assert "in the store already" in out.stdout
+    with sqlite3.connect(results) as db:
+        rows = db.execute("SELECT benchmark, preset, dataset, noise, rate, method, seed, metrics, "
+                          "config_digest, git_commit FROM runs").fetchall()
+    assert len(rows) == 1 and rows[0][:7] == ("audit", "smoke", "synthetic", "dilation", 0.4, "none", 0)
+    metrics = json.loads(rows[0][7])
+    assert set(metrics["signals"]) == set(SIGNALS) and metrics["folds"] == 2
+    assert metrics["cleanlab"]["version"] and 0 <= metrics["cleanlab"]["image_auroc"] <= 1
+    assert rows[0][8] and rows[0][9]
     assert "cleanlab " in out.stderr

@@ -112,7 +112,7 @@ def test_a_runs_config_yaml_holds_every_option_of_every_component(tmp_path: Path
     assert set(checkpoint) == set(rundir.CHECKPOINT_KEYS)          # one list of what it holds
     assert checkpoint["config"]["reweighter"]["options"]["alpha"] == 0.02
     assert saved["reweighter"]["options"]["alpha"] == 0.02          # given
-    assert saved["reweighter"]["options"]["meta_lr"] == 0.001       # a default, written down
+    assert saved["reweighter"]["options"]["meta_lr"] == 0.01        # a default, written down
     assert saved["dataset"]["options"]["noise_std"] == 0.06
     assert saved["noise"]["options"] == {"min_radius": 0.0, "max_radius": 6.0}
     assert saved["corrector"]["options"] == {}

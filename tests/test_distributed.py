@@ -84,7 +84,8 @@ def test_processes_hold_one_model_one_mask_net_and_one_label_store(tmp_path: Pat
     assert process_differences([a, b]) == {"model": [], "reweighter": [], "labels": []}
     changed = [h["labels_changed"] for h in a["history"]]
     assert changed == [h["labels_changed"] for h in b["history"]] and sum(changed) > 0
-    assert a["metrics"]["steps"] == 6 and b["metrics"] == {}  # rank 0 alone evaluates
+    # 2 epochs of 4 steps (mcpm trains on the meta images too); rank 0 alone evaluates
+    assert a["metrics"]["steps"] == 8 and b["metrics"] == {}
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "test_dice" in json.loads(lines[-1])
 
@@ -124,7 +125,7 @@ def test_a_resumed_run_may_continue_in_two_processes(tmp_path: Path,
 
     def dies_in_epoch_two(*args: object, **kwargs: object) -> object:
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 6:  # epoch 2 of 4 steps each (mcpm trains on the meta images too)
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
@@ -133,7 +134,7 @@ def test_a_resumed_run_may_continue_in_two_processes(tmp_path: Path,
         run(config, progress=False)
     monkeypatch.setattr(noisyseg.loop, "train_step", original)
     result = run(resume=tmp_path / "run", nproc=2, progress=False)
-    assert result.metrics["epochs"] == 2 and result.metrics["steps"] == 6
+    assert result.metrics["epochs"] == 2 and result.metrics["steps"] == 8
     assert isinstance(result.model, torch.nn.Module) and result.reweighter is None
     assert [h["epoch"] for h in result.history] == [1, 2]
 

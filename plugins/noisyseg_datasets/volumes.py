@@ -21,6 +21,7 @@ from pydantic import BaseModel, model_validator
 
 from noisyseg import DataError, Split
 from noisyseg.window import starts
+from noisyseg_datasets.files import check_finite, read_array, to_mask
 
 if TYPE_CHECKING:
     from noisyseg_datasets.folder import FolderDataset
@@ -47,8 +48,6 @@ def read_volume(path: Path, is_mask: bool) -> tuple[np.ndarray, tuple[float, ...
     """A file as a (D, H, W) volume (images may carry channels last: (x, y, z, C) for NIfTI,
     (D, H, W, C) for .npy, returned (C, D, H, W)) and its voxel size in mm, or None. A NIfTI
     volume is first turned to the closest RAS orientation (``nibabel.as_closest_canonical``)."""
-    from noisyseg_datasets.folder import read_array
-
     name = path.name.lower()
     spacing: tuple[float, ...] | None = None
     nifti = name.endswith((".nii", ".nii.gz"))
@@ -79,8 +78,6 @@ def read_volumes(dataset: FolderDataset, folder: Path, root: Path
                  ) -> list[tuple[np.ndarray, np.ndarray, str, tuple[float, ...] | None]]:
     """Every (image (C, D, H, W) float32, mask's raw values (D, H, W) int64, mask name, spacing)
     under ``folder``, checked."""
-    from noisyseg_datasets.folder import check_finite, to_mask
-
     out = []
     channels = None
     for image_path, mask_path in dataset.pairs(folder):

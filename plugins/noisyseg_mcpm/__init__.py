@@ -61,6 +61,10 @@ class MCPMOptions(MetaNetOptions):
     width3: int = Field(16, ge=1, description="channels of the 3x3 branch")
     width5: int = Field(16, ge=1, description="channels of the 5x5 branch")
     activation: str = Field("relu", pattern="^(relu|none)$", description="after each branch")
+    meta_lr: float = Field(
+        1e-2, gt=0, description="Adam learning rate (beta) of the mask net; 0.01 chosen on the meta "
+        "images' validation share (benchmarks/mcpm_sweep.py), where the paper's 0.001 barely moved "
+        "the weights in 20 epochs")
     inputs: Literal["loss", "loss_label"] = Field(
         "loss", description="what the mask net reads: the loss map (the paper), or the loss map "
         "and the label map one-hot (it can then tell a high loss on a foreground label from one on "
@@ -85,6 +89,9 @@ class MCPMReweighter(MetaNetReweighter):
     name = "mcpm"
     Options = MCPMOptions
     options: MCPMOptions
+    #: the meta images are training images too (train.train_on_meta = false keeps them out): on
+    #: the validation share this beat keeping them for the meta step alone
+    trains_on_meta = True
 
     def build_net(self) -> nn.Module:
         o = self.options
