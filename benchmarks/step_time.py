@@ -10,6 +10,7 @@ CUDA.
 
     python benchmarks/step_time.py [--rounds 40] [--device cpu]
     python benchmarks/step_time.py --methods none mcpm+reweighter.options.meta_layers=1
+    python benchmarks/step_time.py --precision bf16 --device cuda
 
 Methods are labels, as every benchmark reads them (benchmarks/protocol.py): a reweighter's name
 with its options after ``+`` (``mcpm+reweighter.options.interval_max=null``), ``none`` for the
@@ -22,6 +23,13 @@ per-pixel meta-gradient dL^/dR and the one with the virtual step in the last k m
 ``mcpm_ratio=<x> fast_ratio=<y> fast_cosine=<c>``: the default mcpm (interval 1 -> 10), and the
 fast option ``interval_max = 30``, whose meta-gradients are exact (c = 1) but taken at 12% of
 the steps. The cosines and the last line's figures are one more row (no method).
+
+``--precision bf16`` (or ``fp16``) times every step in that ``train.precision`` (autocast; fp16
+with its gradient scaler) and, in the same rounds, the plain fp32 step as well: each line then
+ends with ``fp32=<ratio>``, the step's time over the plain fp32 step's, and the preset gains
+``-bf16`` (``-fp16``), so the rows of one precision are never taken for another's. Methods that
+cannot run in fp16 (the meta reweighters) are left out of an fp16 run, with a line saying so;
+fp16 computes no cosines.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import torch
 from noisyseg import Registry, build_plugin_manager
 from noisyseg.build import resolve_device
 from noisyseg.outputs import per_pixel_loss
+from noisyseg.precision import Precision, upcast
 from noisyseg.reweighting.virtual_step import meta_pixel_gradient
 from noisyseg.step import Batch, train_step
 from noisyseg.testing import cpu_run_context
@@ -53,6 +62,8 @@ BENCHMARK = "step_time"
 EXACT = "+reweighter.options.interval_max=null"  # a meta step at every iteration (the papers')
 #: the fast option of the last line: an adaptive interval 1 -> 30
 FAST = "mcpm+reweighter.options.interval_max=30"
+#: the key of the plain fp32 step timed beside the steps of another precision (not a method)
+FP32_PLAIN = "none@fp32"
 #: what a plain ``python benchmarks/step_time.py`` times (``none``: the plain step)
 METHODS = (
     "none",
@@ -95,9 +106,11 @@ def setup(device: torch.device, batch: int):
     return registry, base, x, y, meta
 
 
-def make(registry, base, label: str, device: torch.device, schedule: int = 4):
-    """Model, optimiser and reweighter of the method ``label`` for a run of ``schedule`` steps
-    (an adaptive interval spreads its meta steps over them)."""
+def make(registry, base, label: str, device: torch.device, schedule: int = 4,
+         precision: str = "fp32"):
+    """Model, optimiser, reweighter and train.precision (its own gradient scaler, for fp16) of
+    the method ``label`` for a run of ``schedule`` steps (an adaptive interval spreads its meta
+    steps over them)."""
     reweighter_name, options = reweighter_of(label)
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -105,28 +118,30 @@ def make(registry, base, label: str, device: torch.device, schedule: int = 4):
     ctx = cpu_run_context(2)
     ctx.device, ctx.loss_fn = device, per_pixel_loss
     ctx.epochs, ctx.steps_per_epoch = 1, schedule
+    ctx.precision = Precision(precision, device)
     reweighter.setup(ctx)
-    return model, optimizer, reweighter
+    return model, optimizer, reweighter, ctx.precision
 
 
 def one(state, x, y, meta, step: int, device: torch.device) -> float:
-    model, optimizer, reweighter = state
+    model, optimizer, reweighter, precision = state
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     train_step(model, optimizer, reweighter,
-               Batch(x, y, meta if reweighter.needs_meta_batch else None), step, 0, device)
+               Batch(x, y, meta if reweighter.needs_meta_batch else None), step, 0, device,
+               precision=precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1000
 
 
-def peak_memory(label: str, device: str, batch: int) -> float:
+def peak_memory(label: str, device: str, batch: int, precision: str = "fp32") -> float:
     """Peak memory (MB) of 5 iterations of one method, in a fresh process."""
     code = (
         f"import json,sys,torch;sys.path.insert(0,{str(HERE)!r});import step_time as s;"
         f"torch.set_num_threads(2);d=s.resolve_device({device!r});"
-        f"r,b,x,y,m=s.setup(d,{batch});st=s.make(r,b,{label!r},d);"
+        f"r,b,x,y,m=s.setup(d,{batch});st=s.make(r,b,{label!r},d,4,{precision!r});"
         "base=s.rss_mb();open('/proc/self/clear_refs','w').write('5');"
         "[s.one(st,x,y,m,i,d) for i in range(5)];"
         "peak=(torch.cuda.max_memory_allocated()/2**20 if d.type=='cuda' else s.rss_mb('VmHWM')-base);"
@@ -155,39 +170,56 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         help="labels, as accuracy.py reads them (none, the plain step, is always "
                         "timed)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="train.precision of the timed steps (bf16, fp16: the plain fp32 step "
+                        "is timed as well, for the ratio)")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()
     methods = list(dict.fromkeys(["none", *args.methods]))
     for label in methods:  # an unknown name fails here, before any timing
         reweighter_of(label)
+    methods = runnable(methods, args.precision)
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     preset = f"{device.type}-b{args.batch}" + (f"-r{args.rounds}" if args.rounds != 40 else "") + (
-        f"-t{args.threads}" if args.threads != 2 else "")
+        f"-t{args.threads}" if args.threads != 2 else "") + (
+        f"-{args.precision}" if args.precision != "fp32" else "")
     registry, base, x, y, meta = setup(device, args.batch)
     # the timed rounds are a whole run: step 0 to rounds - 1 (warm-up rounds repeat step 0)
-    states = {label: make(registry, base, label, device, args.rounds) for label in methods}
-    times: dict[str, list[float]] = {label: [] for label in methods}
+    states = {label: make(registry, base, label, device, args.rounds, args.precision)
+              for label in methods}
+    if args.precision != "fp32":  # the plain fp32 step, timed in the same rounds
+        states[FP32_PLAIN] = make(registry, base, "none", device, args.rounds)
+    times: dict[str, list[float]] = {label: [] for label in states}
     for r in range(args.warmup + args.rounds):
-        for label in methods:
+        for label in states:
             ms = one(states[label], x, y, meta, max(0, r - args.warmup), device)
             if r >= args.warmup:
                 times[label].append(ms)
     plain = statistics.mean(times["none"])
+    fp32 = statistics.mean(times[FP32_PLAIN]) if FP32_PLAIN in times else None
     print(f"# device={device} threads={args.threads} batch={args.batch} rounds={args.rounds} "
-          f"(mean ms; ratio to the plain step of the same round set)")
+          f"precision={args.precision} (mean ms; ratio to the plain step of the same round set"
+          + ("; fp32=: to the plain fp32 step)" if fp32 is not None else ")"))
     settings = {"rounds": args.rounds, "warmup": args.warmup, "threads": args.threads,
-                "batch": args.batch}
+                "batch": args.batch, "precision": args.precision}
     for label in methods:
         ms = statistics.mean(times[label])
-        peak = None if args.no_memory else peak_memory(label, args.device, args.batch)
+        peak = None if args.no_memory else peak_memory(label, args.device, args.batch, args.precision)
         mem = "" if peak is None else f" {peak:.0f}MB"
-        print(f"{label} {ms:.1f} {ms / plain:.2f}{mem}", flush=True)
+        versus = {} if fp32 is None else {"fp32_plain_ms": round(fp32, 3),
+                                          "ratio_to_fp32": round(ms / fp32, 3)}
+        print(f"{label} {ms:.1f} {ms / plain:.2f}{mem}"
+              + (f" fp32={ms / fp32:.2f}" if fp32 is not None else ""), flush=True)
         store.record(benchmark=BENCHMARK, preset=preset, method=label, device=str(device),
                      metrics={"ms": round(ms, 3), "ratio": round(ms / plain, 3),
-                              "peak_mb": None if peak is None else round(peak, 1), **settings})
-    cosines = {k: cosine(registry, base, x, y, meta, device, k) for k in (1, 3, 6, 12, 24)}
+                              "peak_mb": None if peak is None else round(peak, 1), **versus,
+                              **settings})
+    if args.precision == "fp16":
+        return  # no meta reweighter runs in fp16: no meta-gradients to compare
+    cosines = {k: cosine(registry, base, x, y, meta, device, k, args.precision)
+               for k in (1, 3, 6, 12, 24)}
     for k, c in cosines.items():
         print(f"meta_layers={k} cosine={c:.3f}")
 
@@ -196,19 +228,44 @@ def main() -> None:
 
     # the fast option: the exact meta-gradient at 12% of the steps (interval 1 -> 30); its
     # cosine with the exact meta-gradient is 1 on the steps that take one
-    fast_cosine = cosine(registry, base, x, y, meta, device, reweighter_of(FAST)[1].get("meta_layers"))
+    fast_cosine = cosine(registry, base, x, y, meta, device,
+                         reweighter_of(FAST)[1].get("meta_layers"), args.precision)
     print(f"mcpm_ratio={ratio('mcpm'):.2f} fast_ratio={ratio(FAST):.2f} "
           f"fast_cosine={fast_cosine:.3f}")
+    extra = {}
+    if args.precision != "fp32":  # how far the meta-gradient in this precision is from fp32's
+        extra["fp32_cosine"] = round(cosine(registry, base, x, y, meta, device, None,
+                                            args.precision, reference="fp32"), 4)
+        print(f"{args.precision}_vs_fp32_cosine={extra['fp32_cosine']:.4f}")
     store.record(benchmark=BENCHMARK, preset=preset, device=str(device),
                  note="the meta-gradient cosines and the last line",
                  metrics={"mcpm_ratio": round(ratio("mcpm"), 3), "fast_ratio": round(ratio(FAST), 3),
                           "fast_cosine": round(fast_cosine, 4), "fast": FAST,
                           "cosine_by_meta_layers": {str(k): round(c, 4) for k, c in cosines.items()},
-                          **settings})
+                          **extra, **settings})
 
 
-def cosine(registry, base, x, y, meta, device: torch.device, layers: int | None) -> float:
-    """Cosine similarity of dL^/dR with ``meta_layers = layers`` and the exact one (weights 1)."""
+def runnable(methods: list[str], precision: str) -> list[str]:
+    """The methods that can run in ``precision``: in fp16 not the meta reweighters (each left
+    out with a line saying why)."""
+    if precision != "fp16":
+        return methods
+    registry = Registry(build_plugin_manager())
+    kept = []
+    for label in methods:
+        name = reweighter_of(label)[0]
+        if registry.get("reweighter", name).supports_fp16:
+            kept.append(label)
+        else:
+            print(f"# {label}: left out, reweighter '{name}' cannot run in fp16 (use bf16)")
+    return kept
+
+
+def cosine(registry, base, x, y, meta, device: torch.device, layers: int | None,
+           precision: str = "fp32", reference: str | None = None) -> float:
+    """Cosine similarity of dL^/dR with ``meta_layers = layers`` and the exact one (weights 1),
+    both in ``precision``; with ``reference``, of the exact one in ``precision`` and the exact
+    one in ``reference`` (``layers`` then unused)."""
     model = copy.deepcopy(base)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = x.to(device), y.to(device)
@@ -219,11 +276,16 @@ def cosine(registry, base, x, y, meta, device: torch.device, layers: int | None)
         optimizer.step()
     mx, my = (t.to(device) for t in meta)
     w = torch.ones(y.shape, device=device)
+    pairs = [(None, precision), (layers, precision)] if reference is None else [
+        (None, precision), (None, reference)]
     grads = []
-    for k in (None, layers):
-        loss = per_pixel_loss(model(x), y)
+    for k, name in pairs:
+        p = Precision(name, device)
+        with p.autocast():
+            logits = model(x)
+        loss = per_pixel_loss(upcast(logits), y)
         grads.append(meta_pixel_gradient(model, x, y, loss, w, mx, my, per_pixel_loss, 0.01,
-                                         layers=k)[1].flatten())
+                                         layers=k, precision=p)[1].flatten())
     return float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
 
 

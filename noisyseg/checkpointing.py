@@ -30,6 +30,7 @@ def state(loop: Loop, epoch: int) -> dict[str, Any]:
         "history": loop.history,
         "best": loop.best,
         "calibration_aside": loop.calibration_aside,
+        "scaler": loop.precision.state_dict(),  # train.precision = fp16: the gradient scaler
     }
 
 
@@ -47,6 +48,7 @@ def restore(loop: Loop, state: dict[str, Any]) -> None:
         if loop.meta is not None:
             loop.meta.load_state_dict(state["meta"])
         loop.generator.set_state(state["generator"])
+        loop.precision.load_state_dict(state.get("scaler"))
         rundir.set_rng_state(state["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from noisyseg.augment import GEOMETRIC, ONE_TO_ONE, enabled
 from noisyseg.components import Components, Splits
 from noisyseg.config import Config
@@ -22,6 +24,22 @@ def check_augment(config: Config, parts: Components) -> None:
             "where they belong; use augment.hflip, vflip, rotate90 and the intensity transforms "
             "with this corrector"
         )
+
+
+def check_precision(config: Config, parts: Components, device: torch.device) -> None:
+    """train.precision = fp16 scales the main step's loss with a gradient scaler; a reweighter
+    that takes gradients of its own through the network (a meta reweighter's virtual step) would
+    take them unscaled, where float16 underflows: it says so (``supports_fp16``). bf16 on CUDA
+    needs a GPU that has it."""
+    precision = config.train.precision
+    if precision == "fp16" and not parts.reweighter.supports_fp16:
+        raise ConfigError(
+            f"reweighter '{config.reweighter.name}' cannot run in fp16: it takes gradients through "
+            "the network outside the fp16 gradient scaler (a meta reweighter's virtual step), where "
+            "float16 underflows; use train.precision=bf16 (no scaler needed) or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16: the GPU of device '{device}' has no bfloat16; "
+                          "use train.precision=fp16 (with a reweighter that supports it) or fp32")
 
 
 def check_volumes(config: Config, parts: Components, splits: Splits) -> None:

@@ -96,6 +96,13 @@ class TrainConfig(_Section):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN or infinite loss stops the run, or its batch is skipped"
     )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="floating point of the network's forwards: fp32; bf16 or fp16 run them under "
+        "autocast (the loss, the weights and what components see stay fp32); fp16 adds a gradient "
+        "scaler and does not work with the meta reweighters (mcpm, mwnet, l2rw): use bf16. On the "
+        "CPU bf16 is mostly for testing",
+    )
     eval_every: int = Field(
         1, ge=0,
         description="score the test split every N epochs and at the last (the curves, the "

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from noisyseg.distributed import World
+from noisyseg.precision import Precision
 from noisyseg.scratch import Scratch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +52,11 @@ class RunContext:
     #: where to keep per-pixel state the size of the training set (``scratch.tensor(shape,
     #: dtype)``, ``scratch.clone(t)``): in memory, or in files when the dataset streams from disk
     scratch: Scratch = field(default_factory=Scratch)
+    #: train.precision on the run's device: a component that forwards the run's network for the
+    #: training step (a meta reweighter's virtual step) does so under ``precision.autocast()``
+    #: and casts the logits to float before the loss; with fp16, a gradient the component adds
+    #: to the main step's backward is scaled by ``precision.scaler`` (see the distil reweighter)
+    precision: Precision = field(default_factory=Precision)
 
 
 @dataclass

@@ -22,15 +22,19 @@ from noisyseg.components import (
 from noisyseg.fixtures import cpu_run_context, random_masks, saved_and_loaded, tiny_model
 from noisyseg.kinds import KINDS
 from noisyseg.outputs import out_channels, per_pixel_loss
+from noisyseg.precision import FP32, Precision, upcast
 
 
 def _batch(cls: type[Reweighter], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
            run: RunContext, seed: int) -> StepContext:
-    """A step context of 4 images of 16x16 from ``seed``, through ``model``."""
+    """A step context of 4 images of 16x16 from ``seed``, through ``model`` (under the autocast
+    of ``run.precision``, the logits cast to float32, as the training step does)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(4, 1, 16, 16, generator=generator)
     y = torch.from_numpy(random_masks(4, 16, 2, seed=seed))
-    logits = model(x)
+    with run.precision.autocast():
+        logits = model(x)
+    logits = upcast(logits)
     index = torch.arange(4) + 4 * (seed % 2)
     return StepContext(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,
@@ -41,13 +45,15 @@ def _batch(cls: type[Reweighter], model: torch.nn.Module, optimizer: torch.optim
     )
 
 
-def _reweighter(cls: type[Reweighter], options: dict[str, Any] | None,
-                seed: int) -> tuple[Reweighter, torch.nn.Module, torch.optim.Optimizer, RunContext]:
+def _reweighter(cls: type[Reweighter], options: dict[str, Any] | None, seed: int,
+                precision: Precision = FP32,
+                ) -> tuple[Reweighter, torch.nn.Module, torch.optim.Optimizer, RunContext]:
     torch.manual_seed(seed)
     reweighter = cls(cls.Options.model_validate(options or {}))
     model = tiny_model(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     run = cpu_run_context(2)
+    run.precision = precision
     reweighter.setup(run)
     return reweighter, model, optimizer, run
 
@@ -111,6 +117,18 @@ def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = Non
     assert torch.allclose(expected, got, atol=1e-6), (
         f"{cls.name}: a fresh instance loaded with state_dict() weighs differently: the state "
         "misses something the weights depend on")
+    _check_precisions(cls, options)
+
+
+def _check_precisions(cls: type[Reweighter], options: dict[str, Any] | None) -> None:
+    """In a bf16 run (and an fp16 one, unless the class sets ``supports_fp16 = False``), two
+    steps on forwards under autocast give valid float32 weights."""
+    for name in ("bf16", "fp16") if cls.supports_fp16 else ("bf16",):
+        reweighter, model, optimizer, run = _reweighter(cls, options, 5, Precision(name))
+        for seed in (5, 6):
+            w = reweighter.weigh(_batch(cls, model, optimizer, run, seed)).detach()
+            _valid(cls, w, f"weights in {name}")
+            assert w.dtype == torch.float32, f"{cls.name}: weights in {name} are {w.dtype}, not float32"
 
 
 def check_loss(cls: type[Loss], options: dict[str, Any] | None = None) -> None:

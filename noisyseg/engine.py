@@ -34,6 +34,7 @@ from noisyseg.checks import (
     check_augment,
     check_calibration,
     check_meta_use,
+    check_precision,
     check_volumes,
 )
 from noisyseg.components import Components, LabelCorrector, Loss, Reweighter, RunContext, Split, Splits
@@ -46,6 +47,7 @@ from noisyseg.errors import ConfigError, DataWarning
 from noisyseg.loop import Loop
 from noisyseg.outputs import out_channels
 from noisyseg.plugins import Registry, build_plugin_manager
+from noisyseg.precision import Precision
 from noisyseg.split_checks import check_splits
 
 
@@ -120,6 +122,7 @@ def _run_here(cfg: Config, checkpoint: dict[str, Any] | None, pm: pluggy.PluginM
     """:func:`run` in this process (one of ``world``)."""
     parts = build_components(cfg, Registry(pm))
     check_augment(cfg, parts)
+    check_precision(cfg, parts, device)
     cfg = with_options(cfg, parts)
 
     def claim_run_dir() -> tuple[Path, bool]:
@@ -218,6 +221,7 @@ def _loop(data: Data, parts: Components, pm: pluggy.PluginManager, device: torch
         except RuntimeError as exc:
             raise ConfigError(f"train.init_from: the weights in {cfg.train.init_from} do not fit "
                               f"this backbone ({str(exc).splitlines()[0]})") from None
+    precision = Precision(cfg.train.precision, device)
     context = RunContext(
         build_model=build_model, make_optimizer=lambda params: make_optimizer(cfg, params),
         loss_fn=parts.loss, device=device, num_classes=splits.num_classes,
@@ -225,7 +229,7 @@ def _loop(data: Data, parts: Components, pm: pluggy.PluginManager, device: torch
         steps_per_epoch=steps_per_epoch(len(train), cfg.train.batch_size), seed=cfg.seed,
         pixel_noise_rate=train.noise_rate, world=world,
         clean_labels=train.clean if train.noise_rate > 0 else None, scratch=train.scratch,
-        spatial_dims=splits.spatial_dims,
+        spatial_dims=splits.spatial_dims, precision=precision,
     )
     parts.loss.setup(context)
     learned = parts.loss.parameters()  # a loss's own parameters: a group without weight decay
@@ -235,20 +239,22 @@ def _loop(data: Data, parts: Components, pm: pluggy.PluginManager, device: torch
     scheduler = make_scheduler(cfg, optimizer)
     parts.reweighter.setup(context)
     parts.corrector.setup(train.noisy, context)
-    meta = Cycler(
-        (torch.from_numpy(np.array(splits.meta.images, dtype=np.float32)),  # few: in memory
-         torch.from_numpy(np.array(splits.meta.masks, dtype=np.int64))),
+    meta = Cycler(  # few: on the training device, so a meta batch is gathered there (no copy)
+        (torch.from_numpy(np.array(splits.meta.images, dtype=np.float32)).to(device),
+         torch.from_numpy(np.array(splits.meta.masks, dtype=np.int64)).to(device)),
         cfg.train.meta_batch_size or cfg.train.batch_size, cfg.seed + 1,
     ) if data.needs_meta else None
     return Loop(cfg, parts, pm, model, optimizer, scheduler, train, splits, meta, device, run_dir,
-                world, data.calibration, data.aside)
+                world, data.calibration, data.aside, precision)
 
 
 def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool,
                label: str = "") -> RunResult:
     """:func:`run` in ``nproc`` new processes; rank 0's result, with its model, comes back."""
     distributed.check_nproc(nproc, resolve_device(cfg.device))
-    check_augment(cfg, build_components(cfg, Registry(build_plugin_manager())))  # fail here, not in N
+    parts = build_components(cfg, Registry(build_plugin_manager()))
+    check_augment(cfg, parts)  # fail here, not in N processes
+    check_precision(cfg, parts, resolve_device(cfg.device))
     if cfg.train.batch_size % nproc:
         raise ConfigError(batch_share_error(cfg.train.batch_size, nproc))
     if resume is None:

@@ -14,19 +14,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from noisyseg.precision import FP32, Precision  # noqa: E402
 from noisyseg.step import predict_all  # noqa: E402
 
 
 def example_rows(model: torch.nn.Module, train_set: Any, test: Any, n: int, device: torch.device,
-                 preview_weights: Callable[[torch.Tensor], np.ndarray | None]) -> list[dict[str, Any]]:
+                 preview_weights: Callable[[torch.Tensor], np.ndarray | None],
+                 precision: Precision = FP32) -> list[dict[str, Any]]:
     """Rows of :func:`save_examples`: up to (n + 1) // 2 training images (corrupted ones first)
     with clean and noisy masks, prediction and the reweighter's ``preview_weights(index)``, then
-    test images up to n in all."""
+    test images up to n in all. The predictions under ``precision``'s autocast, as the run's."""
     corrupted = torch.nonzero(train_set.corrupted).flatten()[: (n + 1) // 2]
     train_idx = corrupted if len(corrupted) else torch.arange(min(len(train_set), (n + 1) // 2))
     test_idx = np.arange(min(len(test), n - len(train_idx)))
     rows = []
-    train_pred = predict_all(model, train_set.images[train_idx], device)
+    with precision.autocast():
+        train_pred = predict_all(model, train_set.images[train_idx], device)
     weights = preview_weights(train_idx)
     for k, i in enumerate(train_idx.tolist()):
         rows.append({
@@ -35,8 +38,9 @@ def example_rows(model: torch.nn.Module, train_set: Any, test: Any, n: int, devi
             "noisy": train_set.noisy[i].numpy(), "pred": train_pred[k],
             "weight": None if weights is None else weights[k],
         })
-    test_pred = predict_all(model, torch.from_numpy(np.asarray(test.images[test_idx])), device,
-                            window=tuple(train_set.images.shape[2:]))  # as the test scores are
+    with precision.autocast():
+        test_pred = predict_all(model, torch.from_numpy(np.asarray(test.images[test_idx])), device,
+                                window=tuple(train_set.images.shape[2:]))  # as the test scores are
     for k, i in enumerate(test_idx.tolist()):
         rows.append({"title": f"test #{i}", "image": test.images[i], "clean": test.masks[i],
                      "pred": test_pred[k]})

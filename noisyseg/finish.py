@@ -28,8 +28,9 @@ def finish(loop: Loop) -> dict[str, float]:
         loop.model.load_state_dict(loop.best["model"])
         selected = {"selected_epoch": loop.best["epoch"], "meta_dice": loop.best["dice"]}
     if loop.cfg.train.calibrate:
-        loop.predictor, fitted = calibrate(loop.model, loop.calibration, loop.splits.num_classes,
-                                           loop.device)
+        with loop.precision.autocast():  # the logits it fits on come as the run predicts
+            loop.predictor, fitted = calibrate(loop.model, loop.calibration,
+                                               loop.splits.num_classes, loop.device)
         selected.update(fitted)
     final = loop._evaluate(distances=True, model=loop.predictor)
     if loop.cfg.train.calibrate:  # what the offsets changed: the same model without them
@@ -40,7 +41,7 @@ def finish(loop: Loop) -> dict[str, float]:
     if loop.cfg.output.figure_images:
         rows = figures.example_rows(loop.predictor, loop.train_set, loop.splits.test,
                                     loop.cfg.output.figure_images, loop.device,
-                                    lambda index: preview_weights(loop, index))
+                                    lambda index: preview_weights(loop, index), loop.precision)
         figures.save_examples(loop.run_dir / rundir.EXAMPLES, rows, loop.splits.num_classes)
     if loop.tracker is not None:
         loop.tracker.finish(final)
@@ -78,7 +79,7 @@ def preview_weights(loop: Loop, index: torch.Tensor) -> np.ndarray | None:
         batch = Batch(loop.train_set.images[index], loop.parts.corrector.labels(index), meta,
                       index, loop._known_clean(index))
         ctx = step_context(loop.model, loop.optimizer, batch, loop.step, len(loop.history),
-                           loop.device, loss_fn=loop.parts.loss)
+                           loop.device, loss_fn=loop.parts.loss, precision=loop.precision)
         weights = loop.parts.reweighter.preview(ctx)
     finally:
         loop.model.train()

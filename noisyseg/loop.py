@@ -42,6 +42,7 @@ from noisyseg.errors import NumericalError
 from noisyseg.evaluation import evaluate, keep_best
 from noisyseg.finish import finish
 from noisyseg.outputs import class_probs
+from noisyseg.precision import Precision, upcast
 from noisyseg.scratch import chunks
 from noisyseg.step import Batch, train_step
 from noisyseg.tracking import Tracker
@@ -70,12 +71,15 @@ class Loop:
         world: World | None = None,
         calibration: Split | None = None,
         calibration_aside: str | None = None,
+        precision: Precision | None = None,
     ) -> None:
         self.cfg, self.parts, self.pm = cfg, parts, pm
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_set, self.splits, self.meta = train, splits, meta
         self.device, self.run_dir = device, run_dir
         self.world = world or World()
+        #: train.precision: the autocast of every forward, and fp16's gradient scaler
+        self.precision = precision or Precision(cfg.train.precision, device)
         self.forward = self.world.wrap(model, device)  # the training forward (DDP when shared)
         self.augment = Augmenter(cfg.augment, cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -117,6 +121,7 @@ class Loop:
                 self.step, epoch, self.device, grad_clip=self.cfg.train.grad_clip,
                 on_nonfinite=self.cfg.train.on_nonfinite, apply_weights=self.cfg.train.apply_weights,
                 forward=self.forward, world=self.world, loss_fn=self.parts.loss,
+                precision=self.precision,
             )
         except NumericalError as exc:
             last = self.run_dir / rundir.CHECKPOINT
@@ -153,7 +158,9 @@ class Loop:
         BatchNorm statistic changes), on the CPU."""
         self.model.eval()
         try:
-            return class_probs(self.model(images.to(self.device))).cpu()
+            with self.precision.autocast():
+                logits = self.model(images.to(self.device))
+            return class_probs(upcast(logits)).cpu()
         finally:
             self.model.train()
 
@@ -263,9 +270,12 @@ class Loop:
 
     def _evaluate(self, distances: bool, split: str = "test",
                   model: nn.Module | None = None) -> dict[str, float]:
-        """Metrics of a split, predicted by ``model`` (default: the one training)."""
-        return evaluate(model if model is not None else self.model, getattr(self.splits, split),
-                        self.splits, tuple(self.train_set.images.shape[2:]), self.device, distances)
+        """Metrics of a split, predicted by ``model`` (default: the one training), its forwards
+        under train.precision's autocast."""
+        with self.precision.autocast():
+            return evaluate(model if model is not None else self.model, getattr(self.splits, split),
+                            self.splits, tuple(self.train_set.images.shape[2:]), self.device,
+                            distances)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint (:func:`noisyseg.checkpointing.restore`)."""

@@ -105,10 +105,11 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 #: :data:`OPTIONAL_KEYS`
 CHECKPOINT_KEYS = ("epoch", "step", "config", "model", "optimizer", "scheduler", "reweighter",
                    "corrector", "loss", "generator", "meta", "rng", "history", "best",
-                   "calibration_aside")
+                   "calibration_aside", "scaler")
 #: loss: checkpoints from before the loss kind have none; calibration_aside: the fingerprint of
-#: the meta images train.calibration_share set aside, when it did
-OPTIONAL_KEYS = ("meta", "best", "loss", "calibration_aside")
+#: the meta images train.calibration_share set aside, when it did; scaler: the gradient scaler's
+#: state with train.precision = fp16 (None otherwise; none in checkpoints from before it)
+OPTIONAL_KEYS = ("meta", "best", "loss", "calibration_aside", "scaler")
 
 
 def rng_state() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from noisyseg.components import LossFn, Reweighter, StepContext
 from noisyseg.distributed import World
 from noisyseg.errors import NoisysegError, NumericalError
 from noisyseg.outputs import per_pixel_loss, predict
+from noisyseg.precision import FP32, Precision, upcast
 from noisyseg.window import sliding_probs
 
 
@@ -37,14 +38,15 @@ def outputs_all(
 ) -> torch.Tensor:
     """The model's outputs for every image, in eval mode, a batch at a time (64 images or 4
     volumes), on the CPU; ``apply`` maps each batch's outputs first (e.g. to labels), so only
-    what it returns is kept.
+    what it returns is kept. Under autocast (``train.precision``, the caller's context) the
+    outputs are cast to float32 first.
 
     Shape:
         images - (N, C, H, W) or (N, C, D, H, W); returns (N, ...) as the model (or ``apply``) gives
     """
     batch_size = batch_size if images.ndim == 4 else max(1, batch_size // 16)
     with eval_mode(model):
-        return torch.cat([(apply or _same)(model(images[i : i + batch_size].to(device))).cpu()
+        return torch.cat([(apply or _same)(upcast(model(images[i : i + batch_size].to(device)))).cpu()
                           for i in range(0, len(images), batch_size)])
 
 
@@ -111,6 +113,7 @@ def train_step(
     forward: nn.Module | None = None,
     world: World | None = None,
     loss_fn: LossFn = per_pixel_loss,
+    precision: Precision = FP32,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
@@ -122,12 +125,14 @@ def train_step(
     ``world``, which then all stop or skip when the loss of any one is not finite).
     ``loss_fn`` makes the per-pixel loss map (the run's ``loss`` component; cross-entropy by
     default); parameters it learns (its ``parameters()``) get their gradients averaged over
-    ``world`` like the network's.
+    ``world`` like the network's. ``precision`` (train.precision): the forward runs under its
+    autocast (the loss map is float32, see :func:`step_context`); with fp16 its gradient scaler
+    scales the loss and steps the optimiser (a step whose gradients overflow is skipped by it).
 
     Shape:
         returns weights (N, H, W) and detached logits (N, K, H, W)
     """
-    ctx = step_context(model, optimizer, batch, step, epoch, device, forward, loss_fn)
+    ctx = step_context(model, optimizer, batch, step, epoch, device, forward, loss_fn, precision)
     loss_map = ctx.loss_map
     weights = reweighter.weigh(ctx).detach()
     if weights.shape != loss_map.shape:
@@ -146,14 +151,29 @@ def train_step(
                               logits=ctx.logits.detach(), skipped=True)
         what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
         raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
-    loss.backward()
+    _backward_and_step(loss, model, optimizer, loss_fn, world, grad_clip, precision.scaler)
+    return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
+
+
+def _backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       loss_fn: LossFn, world: World | None, grad_clip: float | None,
+                       scaler: torch.amp.GradScaler | None) -> None:
+    """Backward, the learned loss parameters' gradients averaged over ``world``, the gradient
+    clipped, the optimiser step; with fp16's ``scaler`` the loss scaled, the gradients unscaled
+    before clipping, and the step taken (or skipped on overflow) by the scaler."""
+    (loss if scaler is None else scaler.scale(loss)).backward()
     learned = list(loss_fn.parameters()) if hasattr(loss_fn, "parameters") else []
     if world is not None:
         world.average_gradients(learned)
     if grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_([*model.parameters(), *learned], grad_clip)
-    optimizer.step()
-    return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def _shape_error(reweighter: Reweighter, weights: torch.Tensor, loss_map: torch.Tensor) -> NoisysegError:
@@ -182,12 +202,17 @@ def step_context(
     device: torch.device,
     forward: nn.Module | None = None,
     loss_fn: LossFn = per_pixel_loss,
+    precision: Precision = FP32,
 ) -> StepContext:
     """Forward the batch's images (moved to ``device`` with its labels and meta batch) through
     ``forward`` (default ``model``) and wrap the result with ``loss_fn``'s loss map; the context's
-    model is always ``model``."""
+    model is always ``model``. The forward runs under ``precision``'s autocast (none for fp32);
+    the logits are cast to float32 before the loss, so the loss map, the context's logits and the
+    weights made from them are float32 in every precision."""
     x, y = batch.images.to(device), batch.labels.to(device)
-    logits = (forward or model)(x)
+    with precision.autocast():
+        logits = (forward or model)(x)
+    logits = upcast(logits)  # bf16/fp16 -> float32; float32 stays the very same tensor
     meta_x, meta_y = (None, None) if batch.meta is None else (t.to(device) for t in batch.meta)
     return StepContext(
         model=model, optimizer=optimizer, images=x, labels=y, logits=logits,

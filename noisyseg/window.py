@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from noisyseg.outputs import class_probs
+from noisyseg.precision import upcast
 
 
 def starts(size: int, window: int, step: int) -> list[int]:
@@ -43,7 +44,8 @@ def sliding_probs(model: nn.Module, image: torch.Tensor, window: tuple[int, ...]
     for i in range(0, len(corners), batch_size):
         group = corners[i : i + batch_size]
         cuts = [tuple(slice(c, c + n) for c, n in zip(corner, sizes, strict=True)) for corner in group]
-        probs = class_probs(model(torch.stack([image[(slice(None), *cut)] for cut in cuts])))
+        logits = model(torch.stack([image[(slice(None), *cut)] for cut in cuts]))
+        probs = class_probs(upcast(logits))  # float32 under autocast too (train.precision)
         if total is None:
             total = torch.zeros((probs.shape[1], *spatial), device=image.device, dtype=probs.dtype)
         for p, cut in zip(probs, cuts, strict=True):

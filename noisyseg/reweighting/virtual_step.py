@@ -19,6 +19,12 @@ double backward: with v = grad_W L^(W') (the chain rule through the SGD step),
 
 and every <grad_W L_i, v> comes out of ONE forward-mode Jacobian-vector product of the loss map
 in direction v (``torch.func.jvp`` over ``functional_call``).
+
+Both take the run's precision (``train.precision``): the network's forwards inside them run under
+its autocast and their half-precision logits are cast to float32 before the loss, as in the
+training step. The forward-mode pass of the jvp runs in float32 in every precision:
+``torch.func.jvp`` does not cast a convolution's input under autocast, and forward-mode dual
+tensors fail under autocast in eval-mode BatchNorm.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from torch.func import functional_call, jvp
 
 from noisyseg.components import LossFn
 from noisyseg.errors import NoisysegError
+from noisyseg.precision import FP32, Precision, upcast
 
 VirtualOptimizer = Literal["sgd", "adam"]
 
@@ -109,6 +116,7 @@ def meta_gradient(
     alpha: float,
     virtual: VirtualOptimizer = "sgd",
     optimizer: torch.optim.Optimizer | None = None,
+    precision: Precision = FP32,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Meta loss at the virtual weights and its gradient w.r.t. ``wrt``, through ``higher``.
 
@@ -120,6 +128,7 @@ def meta_gradient(
         alpha: the virtual step's learning rate.
         virtual: "sgd" (plain gradient step, Eq. 3 of the MCPM paper) or "adam" (a differentiable
             copy of the real Adam optimiser, or a fresh Adam when the real one is not Adam).
+        precision: the run's train.precision; the meta forward runs under its autocast.
 
     Shape:
         loss_map, weights - (N, H, W) (weights may also broadcast, e.g. (N, 1, 1));
@@ -142,7 +151,9 @@ def meta_gradient(
                 for group in diffopt.param_groups:
                     group["lr"] = alpha
             diffopt.step((weights * loss_map).mean(), params=list(model.parameters()))
-            meta_loss = loss_fn(fmodel(meta_images), meta_labels).mean()
+            with precision.autocast():
+                meta_logits = fmodel(meta_images)
+            meta_loss = loss_fn(upcast(meta_logits), meta_labels).mean()
             grads = torch.autograd.grad(meta_loss, list(wrt), allow_unused=True)
     except RuntimeError as exc:
         raise _explain(exc) from exc
@@ -162,6 +173,7 @@ def meta_pixel_gradient(
     alpha: float,
     first_order: bool = False,
     layers: int | None = None,
+    precision: Precision = FP32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dL^/dR for every pixel, for a plain-SGD virtual step, without double backward.
 
@@ -175,6 +187,7 @@ def meta_pixel_gradient(
         layers: take the virtual step in the parameters of the last ``layers`` modules only
             (:func:`last_layers`), the rest held fixed: the backward passes stop there and the
             jvp carries tangents through those modules alone. None: every parameter (exact).
+        precision: the run's train.precision; the forwards run under its autocast.
 
     Shape:
         images - (N, C, H, W); labels, loss_map, weights - (N, H, W); for volumes (N, C, D, H, W)
@@ -199,15 +212,26 @@ def meta_pixel_gradient(
                    zip(primals.items(), grads, strict=True)}
 
     def pixel_losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return loss_fn(functional_call(model, {**fixed, **p}, (images,)), labels)
+        # the forward-mode pass runs in float32 in every precision: torch.func.jvp fails under
+        # autocast, and forward-mode dual tensors fail under autocast in eval-mode BatchNorm
+        return loss_fn(_logits(model, {**fixed, **p}, images, FP32), labels)
 
     with batchnorm_stats_frozen(model):
-        meta_logits = functional_call(model, {**fixed, **virtual}, (meta_images,))
+        meta_logits = _logits(model, {**fixed, **virtual}, meta_images, precision)
         meta_loss = loss_fn(meta_logits, meta_labels).mean()
         v = _grad(meta_loss, list(virtual.values()))
         tangents = dict(zip(virtual.keys(), v, strict=True))
         derivative = jvp(pixel_losses, (primals,), (tangents,))[1]
     return meta_loss.detach(), -(alpha / loss_map.numel()) * derivative.detach()
+
+
+def _logits(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+            precision: Precision) -> torch.Tensor:
+    """``model`` with ``params`` on ``x`` (``functional_call``) under ``precision``'s autocast,
+    its logits as float32 when autocast made them half (else the very tensor the model returned)."""
+    with precision.autocast():
+        logits = functional_call(model, params, (x,))
+    return upcast(logits)
 
 
 def last_layers(model: nn.Module, k: int) -> list[str]:

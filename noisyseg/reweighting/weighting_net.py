@@ -109,6 +109,8 @@ class MetaNetReweighter(Reweighter):
     """Learns a weighting net G(loss map) on a clean meta set (subclasses give the net)."""
 
     needs_meta_batch = True
+    #: the virtual step's gradients are not scaled by fp16's gradient scaler (bf16 works)
+    supports_fp16 = False
     Options = MetaNetOptions
     options: MetaNetOptions
 
@@ -177,13 +179,14 @@ class MetaNetReweighter(Reweighter):
         if self.use_pixel_path:
             meta_loss, d_r = meta_pixel_gradient(
                 ctx.model, ctx.images, ctx.labels, ctx.loss_map, r, ctx.meta_images,
-                ctx.meta_labels, self.run.loss_fn, o.alpha, o.first_order, o.meta_layers)
+                ctx.meta_labels, self.run.loss_fn, o.alpha, o.first_order, o.meta_layers,
+                precision=self.run.precision)
             r.backward(d_r)
         else:
             params = list(self.net.parameters())
             meta_loss, grads = meta_gradient(
                 ctx.model, ctx.loss_map, r, ctx.meta_images, ctx.meta_labels, params,
-                self.run.loss_fn, o.alpha, o.virtual, ctx.optimizer)
+                self.run.loss_fn, o.alpha, o.virtual, ctx.optimizer, precision=self.run.precision)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
         self.run.world.average_gradients(self.net.parameters())  # one net in every process

@@ -264,6 +264,9 @@ class DistilReweighter(Reweighter):
         with torch.enable_grad():
             term = (share.to(z.dtype) * self.run.loss_fn(z, pseudo)).sum() / share.numel()
             (extra,) = torch.autograd.grad(term, z)
+        scaler = self.run.precision.scaler  # train.precision = fp16: the step's loss is scaled,
+        if scaler is not None:              # so is the gradient this adds to
+            extra = scaler.scale(extra)
         logits.register_hook(lambda grad: grad + extra)
 
     @torch.no_grad()

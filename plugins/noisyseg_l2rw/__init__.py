@@ -47,6 +47,8 @@ class L2RWReweighter(Reweighter):
     Options = L2RWOptions
     options: L2RWOptions
     needs_meta_batch = True
+    #: the virtual step's gradients are not scaled by fp16's gradient scaler (bf16 works)
+    supports_fp16 = False
 
     def setup(self, run: RunContext) -> None:
         self.run = run
@@ -65,13 +67,14 @@ class L2RWReweighter(Reweighter):
         if o.method == "jvp" or (o.method == "auto" and o.virtual == "sgd"):
             _, g = meta_pixel_gradient(
                 ctx.model, ctx.images, ctx.labels, loss, torch.zeros_like(loss),
-                ctx.meta_images, ctx.meta_labels, self.run.loss_fn, o.alpha, layers=o.meta_layers)
+                ctx.meta_images, ctx.meta_labels, self.run.loss_fn, o.alpha, layers=o.meta_layers,
+                precision=self.run.precision)
             return g.sum(dim=spatial, keepdim=True) if o.per == "image" else g
         shape = (loss.shape[0], *(1 for _ in spatial)) if o.per == "image" else loss.shape
         eps = torch.zeros(shape, device=loss.device, dtype=loss.dtype, requires_grad=True)
         _, (g,) = meta_gradient(ctx.model, loss, eps.expand_as(loss), ctx.meta_images,
                                 ctx.meta_labels, [eps], self.run.loss_fn, o.alpha, o.virtual,
-                                ctx.optimizer)
+                                ctx.optimizer, precision=self.run.precision)
         return g
 
     def weigh(self, ctx: StepContext) -> torch.Tensor:
