@@ -196,13 +196,7 @@ def meta_pixel_gradient(
     Returns:
         (meta loss (detached scalar), dL^/dR of the loss map's shape)
     """
-    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    if layers is not None:
-        chosen = set(last_layers(model, layers))
-        fixed = {k: p.detach() for k, p in params.items() if k not in chosen}
-        params = {k: p for k, p in params.items() if k in chosen}
-    else:
-        fixed = {}
+    params, fixed = _stepped_and_fixed(model, layers)
     primals = {k: p.detach() for k, p in params.items()}
     if first_order or not bool(weights.detach().any()):
         virtual = {k: p.clone().requires_grad_() for k, p in primals.items()}
@@ -232,6 +226,18 @@ def _logits(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
     with precision.autocast():
         logits = functional_call(model, params, (x,))
     return upcast(logits)
+
+
+def _stepped_and_fixed(model: nn.Module, layers: int | None
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The trainable parameters the virtual step moves (those of the last ``layers`` modules, or
+    all with None), and the others, detached and held fixed."""
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    if layers is None:
+        return params, {}
+    chosen = set(last_layers(model, layers))
+    fixed = {k: p.detach() for k, p in params.items() if k not in chosen}
+    return {k: p for k, p in params.items() if k in chosen}, fixed
 
 
 def last_layers(model: nn.Module, k: int) -> list[str]:
