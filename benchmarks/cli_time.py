@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     if shutil.which("noisyseg") is None:
-        raise SystemExit("noisyseg is not installed here (pip install -r requirements.txt)")
+        raise SystemExit("the noisyseg command is not on PATH: activate the environment the README sets up")
     medians = {}
     for name, argv in COMMANDS.items():
         runs = [timed(argv) for _ in range(args.repeat)]

@@ -26,6 +26,7 @@ from torch import nn
 from noisyseg.components import Split, Splits
 from noisyseg.errors import ConfigError
 from noisyseg.metrics import evaluate
+from noisyseg.precision import upcast
 
 #: the offsets tried for each class, in log-probability units (a binary threshold between
 #: sigmoid(-4) = 0.018 and 0.982), and the rounds of coordinate ascent for K > 2 classes
@@ -54,7 +55,7 @@ class Calibrated(nn.Module):
         self.register_buffer("offsets", offsets.detach().clone().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)
+        logits = upcast(self.net(x))  # the offsets were fitted on float32 logits
         shift = self.offsets.to(logits.device, logits.dtype)
         if logits.shape[1] == 1:
             shift = (shift[1] - shift[0]).reshape(1)

@@ -45,6 +45,11 @@ def restore(loop: Loop, state: dict[str, Any]) -> None:
         loop.parts.reweighter.load_state_dict(state["reweighter"])
         loop.parts.loss.load_state_dict(state.get("loss", {}))
         loop.parts.corrector.load_state_dict(state["corrector"])
+        store = getattr(loop.parts.corrector, "store", None)
+        if store is not None and len(store) != len(loop.train_set):
+            raise ValueError(f"it holds the labels of {len(store)} training "
+                             f"images, this run has {len(loop.train_set)} (train.train_on_meta "
+                             "differs? mcpm trains on the meta images by default since 7984e23)")
         if loop.meta is not None:
             loop.meta.load_state_dict(state["meta"])
         loop.generator.set_state(state["generator"])

@@ -37,7 +37,7 @@ def check_precision(config: Config, parts: Components, device: torch.device) -> 
             f"reweighter '{config.reweighter.name}' cannot run in fp16: it takes gradients through "
             "the network outside the fp16 gradient scaler (a meta reweighter's virtual step), where "
             "float16 underflows; use train.precision=bf16 (no scaler needed) or fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
         raise ConfigError(f"train.precision=bf16: the GPU of device '{device}' has no bfloat16; "
                           "use train.precision=fp16 (with a reweighter that supports it) or fp32")
 
