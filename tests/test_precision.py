@@ -153,6 +153,24 @@ def test_an_fp16_run_finishes_and_keeps_its_scaler(tmp_path: Path, reweighter: s
     _finite(result.metrics)
     scaler = torch.load(tmp_path / reweighter / "checkpoint.pt", weights_only=False)["scaler"]
     assert scaler["scale"] > 0 and {"scale", "_growth_tracker"} <= set(scaler)
+    # the scaler was used: steps without overflow counted, or the scale moved from its start
+    assert scaler["_growth_tracker"] > 0 or scaler["scale"] != 65536.0, scaler
+
+
+def test_a_bf16_run_trains_under_autocast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's forward enters bf16 autocast (the fp32 run never does, tested above)."""
+    import noisyseg.precision
+
+    seen: list[bool] = []
+    original = noisyseg.precision.Precision.autocast
+
+    def autocast(self):  # type: ignore[no-untyped-def]
+        seen.append(self.mixed)
+        return original(self)
+
+    monkeypatch.setattr(noisyseg.precision.Precision, "autocast", autocast)
+    run(_config(tmp_path, "spy", "bf16", {"name": "none"}), progress=False)
+    assert seen and all(seen)
 
 
 def test_a_bf16_calibrated_run_selected_on_the_meta_split(tmp_path: Path) -> None:
