@@ -29,19 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from noisyseg.components import Dataset, Split, Splits
+from noisyseg.plugin_index import cache_folder
 
 SPLITS = ("train", "meta", "test")
 
 
-def cache_root() -> Path | None:
-    """Where entries live, or None when ``NOISYSEG_CACHE=off``."""
-    setting = os.environ.get("NOISYSEG_CACHE", "")
-    if setting.lower() in ("off", "0", "false", "no"):
-        return None
-    if setting:
-        return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "noisyseg" / "generated"
+#: where entries live, or None when ``NOISYSEG_CACHE=off``: the folder of generated data, shared
+#: with the command line's plugin index
+cache_root = cache_folder
 
 
 def load_splits(dataset: Dataset, seed: int) -> Splits:

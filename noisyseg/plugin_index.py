@@ -31,7 +31,8 @@ AUTOLOAD_ENV = "NOISYSEG_DISABLE_PLUGIN_AUTOLOAD"
 
 
 def cache_folder() -> Path | None:
-    """Where the index lives (the folder of generated data), or None with ``NOISYSEG_CACHE=off``."""
+    """The folder of generated data (the plugin index, datacache's entries), or None with
+    ``NOISYSEG_CACHE=off``."""
     setting = os.environ.get("NOISYSEG_CACHE", "")
     if setting.lower() in ("off", "0", "false", "no"):
         return None

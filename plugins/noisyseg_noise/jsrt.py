@@ -31,14 +31,15 @@ Volumes: the 6-neighbour cross and balls instead of disks.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from scipy import ndimage
 
 from noisyseg import NoiseModel
 from noisyseg_noise.classwise import check_mask, cross, outer_ring, per_class
+from noisyseg_noise.morphology import RadiusOptions
 
 
-class JSRTOptions(BaseModel):
+class JSRTOptions(RadiusOptions):
     """Dilation, erosion or edge distortion with radii drawn from min_radius..max_radius."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,9 +54,7 @@ class JSRTOptions(BaseModel):
                                                            "get a disk in an edge distortion")
 
     @model_validator(mode="after")
-    def _check(self) -> JSRTOptions:
-        if self.min_radius > self.max_radius:
-            raise ValueError(f"min_radius ({self.min_radius}) > max_radius ({self.max_radius})")
+    def _check(self) -> JSRTOptions:  # the radii's order: RadiusOptions
         if self.p_dilate + self.p_erode > 1:
             raise ValueError(f"p_dilate + p_erode = {self.p_dilate + self.p_erode} > 1")
         return self
