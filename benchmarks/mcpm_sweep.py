@@ -34,6 +34,7 @@ VARIANTS = (
     f"{MCPM}+reweighter.options.meta_lr=0.01+reweighter.options.normalize_per=class",
     f"{MCPM}+reweighter.options.meta_lr=0.01+reweighter.options.inputs=loss_label",
     f"{MCPM}+reweighter.options.meta_lr=0.01+train.train_on_meta=true",
+    f"{MCPM}+reweighter.options.monotone=true",                        # weight never rises with loss
 )
 
 

@@ -90,7 +90,8 @@ def _same_state(cls: type[Reweighter], a: Any, b: Any, where: str = "state") -> 
 
 
 def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = None) -> None:
-    """Weights (N, H, W), finite, non-negative, the same for the same seed; ``preview`` gives
+    """Weights (N, H, W), finite, non-negative, the same for the same seed; ``metrics`` gives
+    floats under keys starting with the name; ``preview`` gives
     None or valid weights and learns nothing; the state survives a round trip into a fresh
     instance: after two steps, a fresh reweighter loaded with the state weighs a third batch
     exactly as the original does."""
@@ -101,6 +102,10 @@ def check_reweighter(cls: type[Reweighter], options: dict[str, Any] | None = Non
     trained, model, optimizer, run = _reweighter(cls, options, seed=1)
     for seed in (1, 2):  # two steps: a reweighter that learns has something to remember
         trained.weigh(_batch(cls, model, optimizer, run, seed))
+    metrics = trained.metrics()
+    assert isinstance(metrics, dict) and all(
+        k.startswith(f"{cls.name}_") and isinstance(v, float) for k, v in metrics.items()), (
+        f"{cls.name}: metrics() must give floats under keys starting with '{cls.name}_'")
     before = trained.state_dict()
     shown = trained.preview(_batch(cls, model, optimizer, run, 3))
     if shown is not None:

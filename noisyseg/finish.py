@@ -77,7 +77,7 @@ def preview_weights(loop: Loop, index: torch.Tensor) -> np.ndarray | None:
     loop.model.eval()
     try:
         batch = Batch(loop.train_set.images[index], loop.parts.corrector.labels(index), meta,
-                      index, loop._known_clean(index))
+                      index, None if loop.train_set.region is None else loop.train_set.clean[index])
         ctx = step_context(loop.model, loop.optimizer, batch, loop.step, len(loop.history),
                            loop.device, loss_fn=loop.parts.loss, precision=loop.precision)
         weights = loop.parts.reweighter.preview(ctx)

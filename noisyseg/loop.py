@@ -33,22 +33,24 @@ from tqdm.auto import tqdm
 
 from noisyseg import checkpointing, figures, rundir
 from noisyseg.augment import Augmenter, to_original
-from noisyseg.batching import Cycler, batches, steps_per_epoch
+from noisyseg.batching import Cycler, steps_per_epoch
 from noisyseg.components import Components, Split, Splits
 from noisyseg.config import Config
 from noisyseg.data import NoisyTrainSet
 from noisyseg.distributed import World
 from noisyseg.errors import NumericalError
 from noisyseg.evaluation import evaluate, keep_best
+from noisyseg.feed import Feed, FeedBatch, resident
 from noisyseg.finish import finish
 from noisyseg.outputs import class_probs
-from noisyseg.precision import Precision, upcast
+from noisyseg.precision import Precision
 from noisyseg.scratch import chunks
-from noisyseg.step import Batch, train_step
+from noisyseg.step import Batch, DeferredChecks, outputs_all, train_step
 from noisyseg.tracking import Tracker
 from noisyseg.weight_stats import WEIGHT_SAMPLE, WeightStats
 
-#: the progress bar shows the loss every this many steps (reading it waits for the device)
+#: every this many steps the loop reads the steps' checks (:class:`DeferredChecks`) and the
+#: progress bar shows the loss: reading waits for the device, so it is not done at every step
 _SHOW_LOSS_EVERY = 20
 
 
@@ -82,10 +84,15 @@ class Loop:
         self.precision = precision or Precision(cfg.train.precision, device)
         self.forward = self.world.wrap(model, device)  # the training forward (DDP when shared)
         self.augment = Augmenter(cfg.augment, cfg.seed)
+        #: the batches, gathered on the device when the training set fits there (noisyseg.feed)
+        self.feed = Feed(train, parts.corrector, cfg.train.batch_size, device,
+                         resident(train, device, self.augment.active), self.world)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.start_epoch = 0
+        #: the steps' loss and weight checks, read every _SHOW_LOSS_EVERY steps
+        self.checks = DeferredChecks()
         self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
         #: with train.select_on_meta: the epoch with the best meta-split Dice and its weights
         self.best: dict[str, Any] | None = None
@@ -101,15 +108,10 @@ class Loop:
         #: output.tracker's tracker on rank 0 (set by the engine), else None
         self.tracker: Tracker | None = None
 
-    def _step(self, index: torch.Tensor, epoch: int, stats: WeightStats) -> torch.Tensor:
+    def _step(self, fed: FeedBatch, epoch: int, stats: WeightStats) -> torch.Tensor:
         """One training step; its loss, left on the device (read once per epoch)."""
-        index = self.world.shard(index)
-        ts = self.train_set
-        originals = ts.images[index]
-        batch = self.augment(
-            originals, [self.parts.corrector.labels(index), ts.clean[index],
-                        None if ts.region is None else ts.region[index]], self.step, index,
-        )
+        index, originals = fed.index, fed.images
+        batch = self.augment(originals, [fed.labels, fed.clean, fed.region], self.step, index)
         labels, clean, region = batch.masks
         meta = None
         if self.meta is not None:
@@ -117,19 +119,14 @@ class Loop:
         try:
             out = train_step(
                 self.model, self.optimizer, self.parts.reweighter,
-                Batch(batch.images, labels, meta, index, clean if ts.region is not None else None),
+                Batch(batch.images, labels, meta, index, clean if region is not None else None),
                 self.step, epoch, self.device, grad_clip=self.cfg.train.grad_clip,
                 on_nonfinite=self.cfg.train.on_nonfinite, apply_weights=self.cfg.train.apply_weights,
                 forward=self.forward, world=self.world, loss_fn=self.parts.loss,
-                precision=self.precision,
+                precision=self.precision, deferred=self.checks,
             )
         except NumericalError as exc:
-            last = self.run_dir / rundir.CHECKPOINT
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
-            raise NumericalError(
-                f"{exc}; {kept}. Try a lower train.lr, set train.grad_clip, or "
-                "train.on_nonfinite=skip to drop such batches"
-            ) from None
+            raise self._stopped(exc) from None
         self.step += 1
         if out.skipped:
             self.skipped += 1
@@ -147,22 +144,26 @@ class Loop:
             stats.add(out.weights, labels != clean, region, WEIGHT_SAMPLE // self.steps_per_epoch)
         return out.loss
 
-    def _known_clean(self, index: torch.Tensor) -> torch.Tensor | None:
-        """The clean labels of ``index`` when the run knows them (the noise model changed some
-        labels: the noise region exists), else None."""
-        return None if self.train_set.region is None else self.train_set.clean[index]
+    def _verify(self) -> None:
+        """Read the checks of the steps since the last read (one wait for the device)."""
+        try:
+            self.checks.verify(self.parts.reweighter)
+        except NumericalError as exc:
+            raise self._stopped(exc) from None
 
-    @torch.no_grad()
+    def _stopped(self, exc: NumericalError) -> NumericalError:
+        """The error that stops a run whose loss is not finite: where its last checkpoint is and
+        what to try."""
+        last = self.run_dir / rundir.CHECKPOINT
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+        return NumericalError(f"{exc}; {kept}. Try a lower train.lr, set train.grad_clip, or "
+                              "train.on_nonfinite=skip to drop such batches")
+
     def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K, H, W) of un-augmented training images, in eval mode (no
         BatchNorm statistic changes), on the CPU."""
-        self.model.eval()
-        try:
-            with self.precision.autocast():
-                logits = self.model(images.to(self.device))
-            return class_probs(upcast(logits)).cpu()
-        finally:
-            self.model.train()
+        with self.precision.autocast():
+            return outputs_all(self.model, images, self.device, len(images), class_probs)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -184,13 +185,16 @@ class Loop:
                 stats = WeightStats(cfg.seed + epoch)
                 labels_before = self._snapshot() if self.parts.corrector.changes_labels else None
                 self.model.train()
-                for index in batches(len(self.train_set), cfg.train.batch_size, self.generator):
-                    losses.append(self._step(index, epoch, stats))
+                for fed in self.feed.epoch(self.generator):
+                    losses.append(self._step(fed, epoch, stats))
                     bar.update(1)
-                    if progress and len(losses) % _SHOW_LOSS_EVERY == 0:  # reading it waits
-                        bar.set_postfix(loss=f"{losses[-1].item():.4f}")  # for the device
+                    if len(losses) % _SHOW_LOSS_EVERY == 0:  # reading waits for the device
+                        self._verify()
+                        if progress:
+                            bar.set_postfix(loss=f"{losses[-1].item():.4f}")
                     if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
                         break
+                self._verify()  # before the epoch's checkpoint: it is written only when good
                 seconds = time.perf_counter() - start
                 record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
                 if self.world.is_main:
@@ -219,6 +223,7 @@ class Loop:
             **stats.summary(),  # among several processes: the pixels of rank 0's shares
             **corrector_metrics,
             **self.parts.loss.metrics(),
+            **self.parts.reweighter.metrics(),
         }
         if self.world.is_main:
             if self._evaluates(epoch):

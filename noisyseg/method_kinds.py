@@ -88,6 +88,12 @@ class Reweighter(Component):
         """
         return None
 
+    def metrics(self) -> dict[str, float]:
+        """What to log at the end of each epoch (metrics.jsonl), e.g. what it estimated over the
+        epoch, keys prefixed with its name; called once per epoch, in every process (among
+        several, rank 0's numbers are written)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -114,6 +114,7 @@ def train_step(
     world: World | None = None,
     loss_fn: LossFn = per_pixel_loss,
     precision: Precision = FP32,
+    deferred: DeferredChecks | None = None,
 ) -> StepOutput:
     """One optimiser step on ``mean(w * L)`` with ``w`` from the reweighter.
 
@@ -128,6 +129,9 @@ def train_step(
     ``world`` like the network's. ``precision`` (train.precision): the forward runs under its
     autocast (the loss map is float32, see :func:`step_context`); with fp16 its gradient scaler
     scales the loss and steps the optimiser (a step whose gradients overflow is skipped by it).
+    ``deferred``: with ``on_nonfinite="stop"`` in one process, the checks are kept there on the
+    device instead of read now (no host synchronisation); the caller reads them every few steps
+    (:meth:`DeferredChecks.verify`), which raises what this function would have raised.
 
     Shape:
         returns weights (N, H, W) and detached logits (N, K, H, W)
@@ -139,20 +143,29 @@ def train_step(
         raise _shape_error(reweighter, weights, loss_map)
     loss = (weights * loss_map).mean() if apply_weights else loss_map.mean()
     optimizer.zero_grad(set_to_none=True)
-    # one host synchronisation for the checks: the loss, the loss map, the weights (finite, >= 0)
-    ok_weights = torch.isfinite(weights) & (weights >= 0)
-    finite, map_finite, valid = (bool(v) for v in torch.stack(
-        [torch.isfinite(loss), torch.isfinite(loss_map).all(), ok_weights.all()]).tolist())
-    if not valid and map_finite:  # the reweighter's own fault, not a diverging network's
-        raise _weights_error(reweighter, weights[~ok_weights], step, epoch)
-    if not (world or World()).all_true(finite):
-        if on_nonfinite == "skip":
-            return StepOutput(loss=torch.full_like(loss, math.nan).detach(), weights=weights,
-                              logits=ctx.logits.detach(), skipped=True)
-        what = f"loss is {loss.item()}" if not finite else "the loss of another process is not finite"
-        raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
+    verdict = _verdict(loss, loss_map, weights)
+    if deferred is not None and on_nonfinite == "stop" and (world is None or world.size == 1):
+        deferred.add(step, epoch, verdict)  # read later: this step does not wait for the device
+    elif not _passes(verdict, reweighter, step, epoch, on_nonfinite, world):
+        return StepOutput(loss=torch.full_like(loss, math.nan).detach(), weights=weights,
+                          logits=ctx.logits.detach(), skipped=True)
     _backward_and_step(loss, model, optimizer, loss_fn, world, grad_clip, precision.scaler)
     return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
+
+
+def _passes(verdict: torch.Tensor, reweighter: Reweighter, step: int, epoch: int,
+            on_nonfinite: str, world: World | None) -> bool:
+    """Read a step's checks now (one host synchronisation): raise for invalid weights or, unless
+    ``on_nonfinite`` is "skip", for a loss that is not finite in some process; False: skip it."""
+    finite, map_finite, valid, loss, bad, example = verdict.tolist()
+    if not valid and map_finite:  # the reweighter's own fault, not a diverging network's
+        raise _weights_error(reweighter, int(bad), example, step, epoch)
+    if (world or World()).all_true(bool(finite)):
+        return True
+    if on_nonfinite == "skip":
+        return False
+    what = f"loss is {loss}" if not finite else "the loss of another process is not finite"
+    raise NumericalError(f"{what} at step {step} (epoch {epoch + 1})")
 
 
 def _backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -184,13 +197,56 @@ def _shape_error(reweighter: Reweighter, weights: torch.Tensor, loss_map: torch.
     )
 
 
-def _weights_error(reweighter: Reweighter, bad: torch.Tensor, step: int, epoch: int) -> NoisysegError:
-    """The error of a reweighter that gave the weights ``bad`` (negative or not finite)."""
+def _weights_error(reweighter: Reweighter, bad: int, example: float, step: int,
+                   epoch: int) -> NoisysegError:
+    """The error of a reweighter that gave ``bad`` weights that are negative or not finite,
+    ``example`` one of them."""
     return NoisysegError(
-        f"reweighter '{reweighter.name}' returned {bad.numel()} negative or non-finite "
-        f"weight(s) at step {step} (epoch {epoch + 1}), e.g. {bad[0].item()}; weights must be "
+        f"reweighter '{reweighter.name}' returned {bad} negative or non-finite "
+        f"weight(s) at step {step} (epoch {epoch + 1}), e.g. {example}; weights must be "
         "finite and >= 0 (a negative weight would reverse the gradient)"
     )
+
+
+def _verdict(loss: torch.Tensor, loss_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A step's checks in one float64 tensor on its device, made without waiting for it: loss
+    finite, loss map finite, weights all valid (each 0/1), the loss, how many weights are not
+    valid, and one of them (0 when none)."""
+    ok_weights = torch.isfinite(weights) & (weights >= 0)
+    bad = ~ok_weights
+    example = weights.detach().reshape(-1)[bad.reshape(-1).int().argmax()]
+    return torch.stack([torch.isfinite(loss), torch.isfinite(loss_map).all(), ok_weights.all(),
+                        loss.detach(), bad.sum(), example]).double()
+
+
+class DeferredChecks:
+    """The checks of :func:`train_step` (loss finite, weights finite and >= 0) kept on the device
+    and read every few steps by :meth:`verify`, so that a step never waits for the device.
+
+    A step whose loss was not finite has been taken by the time it is read; :meth:`verify` then
+    raises what the step would have raised, naming that step, and the run stops before its next
+    checkpoint (the last one on disk is the last good one).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, int, torch.Tensor]] = []
+
+    def add(self, step: int, epoch: int, verdict: torch.Tensor) -> None:
+        self._pending.append((step, epoch, verdict))
+
+    def verify(self, reweighter: Reweighter) -> None:
+        """Read the checks of the steps since the last call (one host synchronisation) and raise
+        for the first step that failed."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        rows = torch.stack([v for _, _, v in pending]).tolist()
+        for (step, epoch, _), (finite, map_finite, valid, loss, bad, example) in zip(
+                pending, rows, strict=True):
+            if not valid and map_finite:
+                raise _weights_error(reweighter, int(bad), example, step, epoch)
+            if not finite:
+                raise NumericalError(f"loss is {loss} at step {step} (epoch {epoch + 1})")
 
 
 def step_context(

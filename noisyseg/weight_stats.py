@@ -20,16 +20,23 @@ class WeightStats:
         self.weights: list[torch.Tensor] = []
         self.wrong: list[torch.Tensor] = []
         self.region: list[torch.Tensor] = []
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        #: the sampling generator of each device the labels come from (the sample is drawn where
+        #: they are: on the training device when the feed is resident, so nothing waits on it)
+        self.generators: dict[torch.device, torch.Generator] = {}
 
     def add(self, weights: torch.Tensor, wrong: torch.Tensor, region: torch.Tensor | None,
             budget: int) -> None:
-        """``weights`` on any device; ``wrong`` and ``region`` (same shape) on the CPU."""
+        """``weights``, ``wrong`` and ``region`` (same shape) on one device, or ``wrong`` and
+        ``region`` on the CPU."""
         w = weights.detach().float().reshape(-1)
         c = wrong.reshape(-1)
         r = torch.ones_like(c) if region is None else region.reshape(-1)
         if w.numel() > budget:
-            keep = torch.randperm(w.numel(), generator=self.generator)[:budget]
+            g = self.generators.get(c.device)
+            if g is None:
+                g = self.generators[c.device] = torch.Generator(c.device).manual_seed(self.seed)
+            keep = torch.randperm(w.numel(), generator=g, device=c.device)[:budget]
             w, c, r = w[keep.to(w.device, non_blocking=True)], c[keep], r[keep]
         self.weights.append(w)
         self.wrong.append(c)
@@ -39,7 +46,8 @@ class WeightStats:
         if not self.weights:
             return {}
         w = torch.cat(self.weights).cpu().numpy()  # the epoch's one read from the device
-        c, r = torch.cat(self.wrong).bool().numpy(), torch.cat(self.region).bool().numpy()
+        c = torch.cat(self.wrong).bool().cpu().numpy()
+        r = torch.cat(self.region).bool().cpu().numpy()
         nan = float("nan")
         total = w.sum()
         return {

@@ -134,3 +134,18 @@ def test_the_leaderboard_page_is_the_store_s() -> None:
 
     assert (ROOT / "docs" / "leaderboard.md").read_text() == leaderboard.page(store.rows(store.STORE)), (
         "docs/leaderboard.md is out of date: run python benchmarks/leaderboard.py")
+
+
+def test_the_noise_pages_suite_tables_are_the_store_s() -> None:
+    """docs/noise.md's recovery tables are what the committed store gives
+    (python benchmarks/noise_suite.py --docs)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import noise_suite
+    import store
+
+    text = (ROOT / "docs" / "noise.md").read_text()
+    block = text.split(noise_suite.START, 1)[1].split(noise_suite.END, 1)[0].strip()
+    assert block == noise_suite.docs_block(store.rows(store.STORE, preset="cpu")), (
+        "docs/noise.md's suite tables are out of date: run python benchmarks/noise_suite.py --docs")

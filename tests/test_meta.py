@@ -273,3 +273,25 @@ def test_mcpm_takes_the_adaptive_interval_by_default_and_a_fixed_one_when_asked(
     assert registry.build("reweighter", "mwnet", {}).options.interval_max is None
     with pytest.raises(ConfigError, match="interval_max"):
         options(interval=20, interval_max=10)
+
+
+@pytest.mark.parametrize(("dims", "channels"), [(2, 1), (2, 3), (3, 1)])
+def test_a_monotone_mask_net_never_raises_a_weight_with_a_loss(dims: int, channels: int) -> None:
+    """Every output logit is non-increasing in the loss of every pixel it reads (the Jacobian
+    of a random monotone net on a random loss map is <= 0), whatever the label channels; the
+    plain net has entries of both signs."""
+    from noisyseg_mcpm import MaskNet
+
+    g = torch.Generator().manual_seed(dims + channels)
+    shape = (2, channels, *(6,) * dims)
+    for monotone, expect_both_signs in ((True, False), (False, True)):
+        torch.manual_seed(channels)
+        net = MaskNet(4, 4, dims=dims, in_channels=channels, monotone=monotone)
+        x = torch.rand(shape, generator=g).requires_grad_(True)
+        signs = set()
+        for pixel in [(0, 0, *(3,) * dims), (1, 0, *(0,) * dims), (0, 0, *(5,) * dims)]:
+            (grad,) = torch.autograd.grad(net(x)[pixel], x)
+            loss_grad = grad[:, 0]
+            assert not monotone or (loss_grad <= 0).all(), "a weight rises with a loss"
+            signs |= {int(torch.sign(v)) for v in loss_grad.flatten() if v != 0}
+        assert (signs == {-1, 1}) == expect_both_signs

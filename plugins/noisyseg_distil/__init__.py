@@ -54,7 +54,7 @@ process's own share of the batch.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,10 @@ class DistilOptions(BaseModel):
                                                       "teacher's input in each pass (clipped at 2 std)")
     rampup_epochs: float = Field(3.0, ge=0, description="epochs over which the pseudo-label share "
                                                         "ramps up to the uncertainty (0: at once)")
+    estimate: Literal["entropy", "mutual_info", "disagreement"] = Field(
+        "entropy", description="the pixel-wise noise estimate u: the teacher's normalised "
+        "entropy, its epistemic part (mutual information over the passes), or its probability "
+        "that the label is wrong")
     pseudo: bool = Field(True, description="learn from the teacher's pseudo labels where uncertain "
                                            "(false: the uncertainty only lowers the weights)")
     image_weights: bool = Field(True, description="weight whole images by the quality net "
@@ -100,6 +104,28 @@ def uncertainty(probs: torch.Tensor) -> torch.Tensor:
     """
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
     return (entropy / math.log(probs.shape[1])).clamp(0.0, 1.0)
+
+
+def noise_estimate(kind: str, passes: list[torch.Tensor], mean: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    """The pixel-wise noise estimate u in [0, 1] from the teacher's passes (``estimate``):
+
+    - ``entropy``: the normalised entropy of the mean prediction (:func:`uncertainty`), high
+      wherever the teacher is unsure, whatever the label says;
+    - ``mutual_info``: its epistemic part, the entropy of the mean less the mean entropy of the
+      passes (BALD), over log K: high only where the passes disagree;
+    - ``disagreement``: the teacher's mean probability that the label trained on is wrong,
+      1 - p(y): high where the teacher confidently contradicts the label, 0.5 where it is unsure.
+
+    Shape:
+        passes - each (N, K, H, W); mean - (N, K, H, W); labels - (N, H, W); returns (N, H, W)
+    """
+    if kind == "entropy":
+        return uncertainty(mean)
+    if kind == "mutual_info":
+        each = torch.stack([uncertainty(p) for p in passes]).mean(0)
+        return (uncertainty(mean) - each).clamp(0.0, 1.0)
+    return 1.0 - mean.gather(1, labels.long().unsqueeze(1)).squeeze(1)
 
 
 def image_weights(scores: torch.Tensor, lam: float) -> torch.Tensor:
@@ -179,6 +205,9 @@ class DistilReweighter(Reweighter):
         self.quality: QualityNet | None = None  # built at the first step (its input channels)
         self.quality_optimizer: torch.optim.Optimizer | None = None
         self.in_channels = 0
+        #: this epoch's sums for metrics(): teacher uncertainty, pseudo label != training label,
+        #: pseudo label == clean label (where the run knows it), pixels, pixels with a clean label
+        self._sums: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ parts
     def _build_quality(self, in_channels: int) -> None:
@@ -194,23 +223,23 @@ class DistilReweighter(Reweighter):
         return rampup(step / max(1, self.run.steps_per_epoch), self.options.rampup_epochs)
 
     @torch.no_grad()
-    def _teacher(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uncertainty and pseudo labels from ``passes`` teacher passes with input noise.
+    def _teacher(self, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise estimate (``estimate``) and pseudo labels from ``passes`` teacher passes
+        with input noise.
 
         Shape:
-            images - (N, C, H, W) (or (N, C, D, H, W)); returns u (N, H, W) in [0, 1] and the
-            pseudo labels (N, H, W) int64
+            images - (N, C, H, W) (or (N, C, D, H, W)); labels - (N, H, W) the labels trained on;
+            returns u (N, H, W) in [0, 1] and the pseudo labels (N, H, W) int64
         """
         sigma = self.options.input_noise
-        mean = None
+        passes = []
         for _ in range(self.options.passes):
             noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
             noisy = images + (noise * sigma).clamp(-2 * sigma, 2 * sigma).to(images.device)
-            probs = class_probs(self.teacher(noisy))
-            mean = probs if mean is None else mean + probs
-        assert mean is not None
-        mean = mean / self.options.passes
-        return uncertainty(mean), mean.argmax(1)
+            passes.append(class_probs(self.teacher(noisy)))
+        mean = torch.stack(passes).mean(0)
+        return noise_estimate(self.options.estimate, passes, mean, labels), mean.argmax(1)
 
     def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Quality scores of the images with their masks (one-hot).
@@ -235,7 +264,7 @@ class DistilReweighter(Reweighter):
         decay = min(1.0 - 1.0 / (self.steps + 1), self.options.ema)  # 0 at first: the student's copy
         update_teacher(self.teacher, ctx.model, decay)
         self.steps += 1
-        u, pseudo = self._teacher(ctx.images, self.generator)
+        u, pseudo = self._teacher(ctx.images, ctx.labels, self.generator)
         ramp = self._ramp(ctx.step)
         keep = 1.0 - ramp * u                                          # (N, H, W)
         n = ctx.loss_map.shape[0]
@@ -252,6 +281,7 @@ class DistilReweighter(Reweighter):
             q = torch.ones(n, device=u.device, dtype=u.dtype)
         if self.options.pseudo and ctx.logits.requires_grad:
             self._add_pseudo_gradient(ctx.logits, pseudo, ramp * u)
+        self._count(u, pseudo, ctx.labels, ctx.clean_labels)
         return q.view(-1, *(1,) * (u.dim() - 1)) * keep
 
     def _add_pseudo_gradient(self, logits: torch.Tensor, pseudo: torch.Tensor, share: torch.Tensor) -> None:
@@ -270,12 +300,36 @@ class DistilReweighter(Reweighter):
         logits.register_hook(lambda grad: grad + extra)
 
     @torch.no_grad()
+    def _count(self, u: torch.Tensor, pseudo: torch.Tensor, labels: torch.Tensor,
+               clean: torch.Tensor | None) -> None:
+        """Add a step's numbers to the epoch's sums (on the device: nothing waits for it)."""
+        n = float(u.numel())
+        right = (pseudo == clean).sum() if clean is not None else u.new_zeros(())
+        step = torch.stack([u.sum(), (pseudo != labels).sum().to(u.dtype), right.to(u.dtype),
+                            u.new_tensor(n), u.new_tensor(n if clean is not None else 0.0)]).double()
+        self._sums = step if self._sums is None else self._sums + step
+
+    def metrics(self) -> dict[str, float]:
+        """The epoch's mean teacher uncertainty (``distil_uncertainty``), share of pixels whose
+        pseudo label differs from the label trained on (``distil_pseudo_differs``) and, where the
+        run knows the clean masks, share of pixels whose pseudo label is the clean one
+        (``distil_pseudo_right``; compare with 1 - label_error)."""
+        if self._sums is None:
+            return {}
+        u, differs, right, n, known = self._sums.tolist()
+        self._sums = None
+        out = {"distil_uncertainty": u / n, "distil_pseudo_differs": differs / n}
+        if known:
+            out["distil_pseudo_right"] = right / known
+        return out
+
+    @torch.no_grad()
     def preview(self, ctx: StepContext) -> torch.Tensor | None:
         """The weights q_n (1 - r u_i) now, with no teacher, quality-net or noise-generator step."""
         if self.quality is None or self.steps == 0:
             return None
         generator = torch.Generator().set_state(self.generator.get_state())
-        u, _ = self._teacher(ctx.images, generator)
+        u, _ = self._teacher(ctx.images, ctx.labels, generator)
         keep = 1.0 - self._ramp(ctx.step) * u
         if not self.options.image_weights:
             return keep

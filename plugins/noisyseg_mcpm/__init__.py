@@ -39,7 +39,8 @@ class MaskNet(nn.Module):
     """
 
     def __init__(self, width3: int = 16, width5: int = 16, activation: str = "relu",
-                 init_bias: float = 0.0, dims: int = 2, in_channels: int = 1) -> None:
+                 init_bias: float = 0.0, dims: int = 2, in_channels: int = 1,
+                 monotone: bool = False) -> None:
         super().__init__()
         if dims not in _CONV:
             raise ValueError(f"MaskNet: dims must be 2 (images) or 3 (volumes), got {dims!r}")
@@ -49,12 +50,33 @@ class MaskNet(nn.Module):
         self.fuse = conv(width3 + width5 + in_channels, 1, 1)
         nn.init.constant_(self.fuse.bias, init_bias)
         self.activation = activation
+        #: the output never rises with the loss of any pixel it reads (see :meth:`forward`)
+        self.monotone = monotone
+        self._conv = F.conv2d if dims == 2 else F.conv3d
 
     def forward(self, loss: torch.Tensor) -> torch.Tensor:
-        a, b = self.branch3(loss), self.branch5(loss)
+        """With ``monotone`` the loss channel (the first) enters the branches through weights
+        >= 0 (their absolute values) and the fuse through weights <= 0, and both activations
+        are non-decreasing: the logit is non-increasing in every pixel's loss, so the net can
+        learn how fast a high loss lowers the weight and over which neighbourhood, but never a
+        weight that rises with the loss (the flipped solutions a meta step can fall into)."""
+        if not self.monotone:
+            a, b = self.branch3(loss), self.branch5(loss)
+            if self.activation == "relu":
+                a, b = F.relu(a), F.relu(b)
+            return self.fuse(torch.cat([a, b, loss], dim=1))
+        a, b = (self._conv(loss, _signed(m.weight, 1), m.bias, padding=m.padding)
+                for m in (self.branch3, self.branch5))
         if self.activation == "relu":
             a, b = F.relu(a), F.relu(b)
-        return self.fuse(torch.cat([a, b, loss], dim=1))
+        fuse = -_signed(self.fuse.weight, self.branch3.out_channels + self.branch5.out_channels + 1)
+        return self._conv(torch.cat([a, b, loss], dim=1), fuse, self.fuse.bias)
+
+
+def _signed(weight: torch.Tensor, first: int) -> torch.Tensor:
+    """``weight`` with its first ``first`` input channels made >= 0 (absolute values); the other
+    input channels (the label map of ``inputs = loss_label``) keep their sign."""
+    return torch.cat([weight[:, :first].abs(), weight[:, first:]], dim=1)
 
 
 class MCPMOptions(MetaNetOptions):
@@ -69,6 +91,10 @@ class MCPMOptions(MetaNetOptions):
         "loss", description="what the mask net reads: the loss map (the paper), or the loss map "
         "and the label map one-hot (it can then tell a high loss on a foreground label from one on "
         "background)")
+    monotone: bool = Field(
+        False, description="the weight can only fall as the loss rises (the mask net's loss "
+        "weights are kept >= 0 into its branches and <= 0 into its output); false: any function "
+        "of the loss map, as in the paper")
     interval_max: int | None = Field(
         10, ge=1, description="adaptive interval: it grows linearly from `interval` at the first "
         "step to this at the last (a meta step at about a quarter of the steps with 1 -> 10); "
@@ -96,7 +122,8 @@ class MCPMReweighter(MetaNetReweighter):
     def build_net(self) -> nn.Module:
         o = self.options
         channels = 1 + (self.run.num_classes if o.inputs == "loss_label" else 0)
-        return MaskNet(o.width3, o.width5, o.activation, o.init_bias, self.run.spatial_dims, channels)
+        return MaskNet(o.width3, o.width5, o.activation, o.init_bias, self.run.spatial_dims, channels,
+                       o.monotone)
 
     def net_input(self, loss_map: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The loss map, and with ``inputs = loss_label`` the labels one-hot after it.
