@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from noisyseg_distil import image_weights, pixel_loss, rampup, uncertainty, update_teacher
+from noisyseg_distil import image_weights, noise_estimate, pixel_loss, rampup, uncertainty, update_teacher
 from torch import nn
 
 from noisyseg import Registry, StepContext, run
@@ -37,6 +37,22 @@ def test_uncertainty_is_normalised_entropy_and_the_ramp_rises_to_one() -> None:
         assert torch.allclose(uncertainty(sure), torch.zeros(1, 2, 2))
     assert rampup(0.0, 3.0) == pytest.approx(math.exp(-5)) and rampup(3.0, 3.0) == 1.0
     assert rampup(0.0, 0.0) == 1.0 and rampup(1.0, 3.0) < rampup(2.0, 3.0) < 1.0
+
+
+def test_the_noise_estimates() -> None:
+    """entropy: high wherever the teacher is unsure; mutual_info: only where its passes disagree
+    (0 when they agree, however unsure); disagreement: its probability that the label is wrong."""
+    unsure = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
+    sure_0, sure_1 = torch.tensor([0.99, 0.01]).view(1, 2, 1, 1), torch.tensor([0.01, 0.99]).view(1, 2, 1, 1)
+    label_0 = torch.zeros(1, 1, 1, dtype=torch.long)
+    agree = [unsure, unsure]
+    assert noise_estimate("entropy", agree, unsure, label_0).item() == pytest.approx(1.0)
+    assert noise_estimate("mutual_info", agree, unsure, label_0).item() == pytest.approx(0.0, abs=1e-6)
+    split = [sure_0, sure_1]
+    mean = (sure_0 + sure_1) / 2
+    assert noise_estimate("mutual_info", split, mean, label_0).item() > 0.9
+    assert noise_estimate("disagreement", [sure_1], sure_1, label_0).item() == pytest.approx(0.99)
+    assert noise_estimate("disagreement", [sure_0], sure_0, label_0).item() == pytest.approx(0.01)
 
 
 def test_the_teacher_is_a_moving_average_of_the_student() -> None:
@@ -75,7 +91,8 @@ def test_the_step_has_the_gradient_of_the_written_out_objective(registry: Regist
     """weights * L(y) through the loop, plus the hook's pseudo-label term, is exactly
     mean(q (1 - u) L(y) + u L(y^)) with the teacher's u and y^ (at the first step the teacher is
     the student, one pass without input noise: its probabilities are the student's own)."""
-    options = {"passes": 1, "input_noise": 0.0, "rampup_epochs": 0, "image_weights": image_level}
+    options = {"passes": 1, "input_noise": 0.0, "rampup_epochs": 0, "image_weights": image_level,
+               "estimate": "entropy"}
     reweighter, student, ctx = _step(registry, options)
     probs = class_probs(ctx.logits.detach())
     u, pseudo = uncertainty(probs), probs.argmax(1)

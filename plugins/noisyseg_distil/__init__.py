@@ -75,9 +75,10 @@ class DistilOptions(BaseModel):
     rampup_epochs: float = Field(3.0, ge=0, description="epochs over which the pseudo-label share "
                                                         "ramps up to the uncertainty (0: at once)")
     estimate: Literal["entropy", "mutual_info", "disagreement"] = Field(
-        "entropy", description="the pixel-wise noise estimate u: the teacher's normalised "
-        "entropy, its epistemic part (mutual information over the passes), or its probability "
-        "that the label is wrong")
+        "mutual_info", description="the pixel-wise noise estimate u: the epistemic part of the "
+        "teacher's uncertainty (mutual information over its passes; chosen on the meta images' "
+        "validation share), its whole normalised entropy, or its probability that the label is "
+        "wrong")
     pseudo: bool = Field(True, description="learn from the teacher's pseudo labels where uncertain "
                                            "(false: the uncertainty only lowers the weights)")
     image_weights: bool = Field(True, description="weight whole images by the quality net "
