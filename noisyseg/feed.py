@@ -28,7 +28,6 @@ from noisyseg.batching import batches
 from noisyseg.data import NoisyTrainSet
 from noisyseg.distributed import World
 from noisyseg.method_kinds import LabelCorrector
-from noisyseg.scratch import streams
 
 #: the training arrays move to the device when they take at most this share of its free memory
 FREE_SHARE = 0.25
@@ -55,10 +54,10 @@ def resident(train: NoisyTrainSet, device: torch.device, augmenting: bool) -> bo
     """Whether the training arrays are kept on ``device`` (see the module's description)."""
     if device.type != "cuda" or augmenting:
         return False
-    if any(streams(a) for a in (train.images, train.clean, train.noisy)):
+    if train.scratch is not None and train.scratch.dir is not None:  # it streams from disk
         return False
-    sizes = [train.images, train.clean, train.noisy] + ([train.region] if train.region is not None else [])
-    need = sum(a.numel() * a.element_size() for a in sizes)
+    sizes = [train.images, train.clean] + ([train.region] if train.region is not None else [])
+    need = sum(a.numel() * a.element_size() for a in sizes) + train.noisy.numel() * 8  # int64
     free, _ = torch.cuda.mem_get_info(device)
     return need <= FREE_SHARE * free
 
@@ -94,7 +93,11 @@ class Feed:
         """The batch of training-set positions ``index`` (CPU), ``moved`` the same on the device."""
         index = self.world.shard(index)
         at = index if moved is None else self.world.shard(moved)
-        labels = self._labels[at] if self._labels is not None else self.corrector.labels(index)
+        if self._labels is not None:
+            labels = self._labels[at]
+        else:  # the corrector's labels, on the CPU: the batch's one copy to the device
+            labels = self.corrector.labels(index)
+            labels = labels.to(self.device, non_blocking=True) if self.on_device else labels
         return FeedBatch(index, self.images[at], labels, self.clean[at],
                          None if self.region is None else self.region[at])
 

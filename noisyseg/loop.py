@@ -42,9 +42,9 @@ from noisyseg.errors import NumericalError
 from noisyseg.evaluation import evaluate, keep_best
 from noisyseg.feed import Feed, FeedBatch, resident
 from noisyseg.finish import finish
+from noisyseg.label_ledger import LabelLedger
 from noisyseg.outputs import class_probs
 from noisyseg.precision import Precision
-from noisyseg.scratch import chunks
 from noisyseg.step import Batch, DeferredChecks, outputs_all, train_step
 from noisyseg.tracking import Tracker
 from noisyseg.weight_stats import WEIGHT_SAMPLE, WeightStats
@@ -104,7 +104,8 @@ class Loop:
         #: the fingerprint of the meta images set aside (train.calibration_share), or None: kept
         #: in the checkpoint so a fine-tune starting here can check it sets the same ones aside
         self.calibration_aside = calibration_aside
-        self._before: torch.Tensor | None = None  # the labels at the start of the epoch
+        #: the corrector's labels at each epoch's start, and what changed since (label_error, ...)
+        self.ledger = LabelLedger(parts.corrector, train)
         #: output.tracker's tracker on rank 0 (set by the engine), else None
         self.tracker: Tracker | None = None
 
@@ -181,20 +182,10 @@ class Loop:
                 if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
                     break
                 bar.set_description(f"{label}{', ' * bool(label)}epoch {epoch + 1}/{cfg.train.epochs}")
-                start, losses = time.perf_counter(), []
+                start = time.perf_counter()
                 stats = WeightStats(cfg.seed + epoch)
-                labels_before = self._snapshot() if self.parts.corrector.changes_labels else None
-                self.model.train()
-                for fed in self.feed.epoch(self.generator):
-                    losses.append(self._step(fed, epoch, stats))
-                    bar.update(1)
-                    if len(losses) % _SHOW_LOSS_EVERY == 0:  # reading waits for the device
-                        self._verify()
-                        if progress:
-                            bar.set_postfix(loss=f"{losses[-1].item():.4f}")
-                    if cfg.train.max_steps is not None and self.step >= cfg.train.max_steps:
-                        break
-                self._verify()  # before the epoch's checkpoint: it is written only when good
+                labels_before = self.ledger.snapshot() if self.parts.corrector.changes_labels else None
+                losses = self._steps(epoch, stats, bar, progress)
                 seconds = time.perf_counter() - start
                 record = self._end_epoch(epoch, losses, stats, labels_before, seconds)
                 if self.world.is_main:
@@ -203,6 +194,28 @@ class Loop:
         finally:
             bar.close()
         return self.history
+
+    def _steps(self, epoch: int, stats: WeightStats, bar: Any, progress: bool) -> list[torch.Tensor]:
+        """The steps of one epoch, their losses. Their checks are read every _SHOW_LOSS_EVERY
+        steps and at the end, before the epoch's checkpoint (it is written only when good); an
+        error on the way reads them first, so a non-finite step before it is what is reported."""
+        losses: list[torch.Tensor] = []
+        self.model.train()
+        try:
+            for fed in self.feed.epoch(self.generator):
+                losses.append(self._step(fed, epoch, stats))
+                bar.update(1)
+                if len(losses) % _SHOW_LOSS_EVERY == 0:  # reading waits for the device
+                    self._verify()
+                    if progress:
+                        bar.set_postfix(loss=f"{losses[-1].item():.4f}")
+                if self.cfg.train.max_steps is not None and self.step >= self.cfg.train.max_steps:
+                    break
+        except Exception:
+            self._verify()
+            raise
+        self._verify()
+        return losses
 
     def _end_epoch(
         self, epoch: int, step_losses: list[torch.Tensor], stats: WeightStats,
@@ -219,7 +232,7 @@ class Loop:
             "step": self.step,
             "lr": lr,
             "train_loss": self.world.mean(train_loss),
-            **self._label_changes(labels_before),
+            **self.ledger.changes(labels_before),
             **stats.summary(),  # among several processes: the pixels of rank 0's shares
             **corrector_metrics,
             **self.parts.loss.metrics(),
@@ -248,30 +261,6 @@ class Loop:
         """Is the test split scored at the end of ``epoch`` (``train.eval_every``)?"""
         every = self.cfg.train.eval_every
         return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs)
-
-    def _snapshot(self) -> torch.Tensor:
-        """The corrector's labels now, copied into one buffer kept for the run (in files when
-        the dataset streams)."""
-        store = self.parts.corrector.store
-        if self._before is None or self._before.shape != store.shape:
-            self._before = self.train_set.scratch.tensor(tuple(store.shape), store.dtype)
-        return self._before.copy_(store)
-
-    def _label_changes(self, before: torch.Tensor | None) -> dict[str, float]:
-        """Training-label error against the clean masks, and what the corrector changed this epoch
-        (``before``: its labels at the epoch's start; None: it never changes them): how many
-        pixels and the fraction of them that now hold the clean label (precision)."""
-        store, clean = self.parts.corrector.store, self.train_set.clean
-        n = right = 0
-        for part in chunks(len(store) if before is not None else 0):
-            changed = store[part] != before[part]
-            n += int(changed.sum())
-            right += int((store[part][changed] == clean[part][changed]).sum())
-        return {
-            "label_error": self.train_set.label_error(store),
-            "labels_changed": float(n),
-            "label_change_precision": right / n if n else math.nan,
-        }
 
     def _evaluate(self, distances: bool, split: str = "test",
                   model: nn.Module | None = None) -> dict[str, float]:

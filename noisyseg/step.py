@@ -214,7 +214,8 @@ def _verdict(loss: torch.Tensor, loss_map: torch.Tensor, weights: torch.Tensor) 
     valid, and one of them (0 when none)."""
     ok_weights = torch.isfinite(weights) & (weights >= 0)
     bad = ~ok_weights
-    example = weights.detach().reshape(-1)[bad.reshape(-1).int().argmax()]
+    flat = weights.detach().reshape(-1)
+    example = flat[bad.reshape(-1).int().argmax()] if flat.numel() else flat.new_zeros(())
     return torch.stack([torch.isfinite(loss), torch.isfinite(loss_map).all(), ok_weights.all(),
                         loss.detach(), bad.sum(), example]).double()
 

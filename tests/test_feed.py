@@ -63,9 +63,14 @@ def test_a_resident_feed_trains_the_same_run(tmp_path: Path, monkeypatch: pytest
 
 
 def test_the_feed_stays_on_the_host_on_a_cpu_when_augmenting_or_streaming(tmp_path: Path) -> None:
+    from noisyseg.scratch import Scratch
+
     train = _train_set()
     assert not resident(train, torch.device("cpu"), augmenting=False)
     assert not resident(train, torch.device("cuda"), augmenting=True)  # albumentations: CPU
+    streaming = NoisyTrainSet(train.images, train.noisy, train.clean, train.corrupted,
+                              scratch=Scratch(on_disk=True))  # its set-sized arrays are files
+    assert not resident(streaming, torch.device("cuda"), augmenting=False)
 
 
 def test_a_feed_batch_is_the_training_sets_rows() -> None:
@@ -84,10 +89,12 @@ def test_a_feed_batch_is_the_training_sets_rows() -> None:
 
 
 @pytest.mark.cuda
-def test_on_cuda_a_step_copies_nothing_from_the_host(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("method", "per_step"), [("none", 0), ("plc", 1)])
+def test_on_cuda_a_step_copies_nothing_from_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     method: str, per_step: int) -> None:
     """With the training set on the GPU, a step of a reweighter-only run sends no tensor from
-    the host (the epoch's order crosses once, before its first step)."""
+    the host (the epoch's order crosses once, before its first step); with a corrector that
+    changes labels, the batch's labels alone."""
     copies: list[tuple[int, ...]] = []
     real_to, real_step = torch.Tensor.to, noisyseg.loop.Loop._step
     counting = [False]
@@ -108,9 +115,11 @@ def test_on_cuda_a_step_copies_nothing_from_the_host(tmp_path: Path,
     monkeypatch.setattr(torch.Tensor, "to", to)
     monkeypatch.setattr(noisyseg.loop.Loop, "_step", step)
     result = noisyseg.run(tiny_run_config(seed=3, device="cuda", noise={"rate": 0.5},
-                                          output={"dir": str(tmp_path / "run")}), progress=False)
-    assert result.metrics["steps"] > 0
-    assert copies == []
+                                          output={"dir": str(tmp_path / "run")}, **METHODS[method]),
+                          progress=False)
+    steps = int(result.metrics["steps"])
+    assert steps > 0
+    assert len(copies) == per_step * steps and all(len(c) == 3 for c in copies)  # (B, H, W) labels
 
 
 def test_a_step_with_deferred_checks_reads_nothing_from_the_device(
@@ -141,3 +150,28 @@ def test_a_step_with_deferred_checks_reads_nothing_from_the_device(
     with pytest.raises(noisyseg.NumericalError, match=r"loss is inf at step 2 \(epoch 1\)"):
         checks.verify(Blowup())
     assert reads == ["tolist"]
+
+
+def test_an_error_after_an_unread_bad_step_reports_the_bad_step(tmp_path: Path) -> None:
+    """A step whose loss overflows is taken before its check is read; when a later step fails
+    for another reason (here the reweighter raises), the overflow is what the run reports."""
+    from noisyseg import hookimpl
+    from noisyseg.plugins import build_plugin_manager
+
+    class LaterFailure(noisyseg.Reweighter):
+        name = "laterfailure"
+
+        def weigh(self, ctx: noisyseg.StepContext) -> torch.Tensor:
+            if ctx.step == 2:  # in the same epoch: its checks are not read yet
+                raise RuntimeError("something else went wrong")
+            return torch.full_like(ctx.loss_map, 3e38 if ctx.step == 1 else 1.0)
+
+    class Plugin:
+        @hookimpl
+        def register_reweighters(self) -> list[type[noisyseg.Reweighter]]:
+            return [LaterFailure]
+
+    config = tiny_run_config(reweighter={"name": "laterfailure"}, train={"epochs": 2},
+                             output={"dir": str(tmp_path / "run")})
+    with pytest.raises(noisyseg.NumericalError, match=r"loss is inf at step 1 \(epoch 1\)"):
+        noisyseg.run(config, plugin_manager=build_plugin_manager(plugins=[Plugin()]), progress=False)
