@@ -146,18 +146,19 @@ def train_step(
     verdict = _verdict(loss, loss_map, weights)
     if deferred is not None and on_nonfinite == "stop" and (world is None or world.size == 1):
         deferred.add(step, epoch, verdict)  # read later: this step does not wait for the device
-    elif not _passes(verdict, reweighter, step, epoch, on_nonfinite, world):
+    elif not _passes(verdict.tolist(), reweighter, step, epoch, on_nonfinite, world):  # one wait
         return StepOutput(loss=torch.full_like(loss, math.nan).detach(), weights=weights,
                           logits=ctx.logits.detach(), skipped=True)
     _backward_and_step(loss, model, optimizer, loss_fn, world, grad_clip, precision.scaler)
     return StepOutput(loss=loss.detach(), weights=weights, logits=ctx.logits.detach())
 
 
-def _passes(verdict: torch.Tensor, reweighter: Reweighter, step: int, epoch: int,
+def _passes(verdict: list[float], reweighter: Reweighter, step: int, epoch: int,
             on_nonfinite: str, world: World | None) -> bool:
-    """Read a step's checks now (one host synchronisation): raise for invalid weights or, unless
-    ``on_nonfinite`` is "skip", for a loss that is not finite in some process; False: skip it."""
-    finite, map_finite, valid, loss, bad, example = verdict.tolist()
+    """A step's checks, read from the device (:func:`_verdict`'s values): raise for invalid
+    weights or, unless ``on_nonfinite`` is "skip", for a loss that is not finite in some process;
+    False: skip it."""
+    finite, map_finite, valid, loss, bad, example = verdict
     if not valid and map_finite:  # the reweighter's own fault, not a diverging network's
         raise _weights_error(reweighter, int(bad), example, step, epoch)
     if (world or World()).all_true(bool(finite)):
@@ -242,12 +243,8 @@ class DeferredChecks:
             return
         pending, self._pending = self._pending, []
         rows = torch.stack([v for _, _, v in pending]).tolist()
-        for (step, epoch, _), (finite, map_finite, valid, loss, bad, example) in zip(
-                pending, rows, strict=True):
-            if not valid and map_finite:
-                raise _weights_error(reweighter, int(bad), example, step, epoch)
-            if not finite:
-                raise NumericalError(f"loss is {loss} at step {step} (epoch {epoch + 1})")
+        for (step, epoch, _), row in zip(pending, rows, strict=True):
+            _passes(row, reweighter, step, epoch, "stop", None)  # raises for a bad step
 
 
 def step_context(
