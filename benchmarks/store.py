@@ -18,6 +18,8 @@ row is not taken for a plain run of the same config.
 
     python benchmarks/store.py                  # what the store holds, per benchmark and commit
     python benchmarks/store.py --sql "select method, count(*) from runs group by method"
+    python benchmarks/store.py --compact        # shrink it before committing (configs compressed
+                                                # against a dictionary of stored configs)
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics TEXT NOT NULL,            -- JSON: every final metric, a recipe's stages inside
     config_digest TEXT NOT NULL,      -- sha256 of the resolved config without its output section
                                       -- (and of a benchmark's options, see digest())
-    config BLOB,                      -- that config, JSON, zlib-compressed
+    config BLOB,                      -- that config, JSON, zlib-compressed (with the dictionary
+                                      -- config_dictionary names, when not NULL)
     git_commit TEXT NOT NULL,         -- HEAD when the run started ('unknown' for migrated rows)
     git_tree TEXT NOT NULL,           -- 'clean', or 'dirty-<digest of the uncommitted changes>'
     torch_version TEXT,
@@ -73,12 +76,22 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL,
     date TEXT,                        -- ISO date and time the row was written (UTC)
     note TEXT,                        -- e.g. where a migrated row came from
+    config_dictionary INTEGER REFERENCES dictionaries (id),
     UNIQUE (config_digest, git_commit, git_tree)
+);
+-- zlib preset dictionaries (stored configs, concatenated, zlib-compressed themselves): the
+-- configs of two runs differ in a few values, so each compresses to a tenth of its size against
+-- them (see compact())
+CREATE TABLE IF NOT EXISTS dictionaries (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
 );
 """
 COLUMNS = ("benchmark", "preset", "dataset", "noise", "noise_options", "rate", "method", "recipe",
            "seed", "dice", "metrics", "config_digest", "config", "git_commit", "git_tree",
-           "torch_version", "device", "seconds", "date", "note")
+           "torch_version", "device", "seconds", "date", "note", "config_dictionary")
+#: the most of its stored configs a dictionary holds (zlib reads at most 32 KiB of it)
+DICTIONARY_BYTES = 32 * 1024
 
 
 @contextmanager
@@ -89,6 +102,9 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
     with closing(sqlite3.connect(path, timeout=60)) as db:
         db.row_factory = sqlite3.Row
         db.executescript(SCHEMA)
+        if "config_dictionary" not in {c[1] for c in db.execute("PRAGMA table_info(runs)")}:
+            db.execute("ALTER TABLE runs ADD COLUMN config_dictionary INTEGER "
+                       "REFERENCES dictionaries (id)")  # a store written before dictionaries
         with db:
             yield db
 
@@ -176,7 +192,6 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
         "metrics": json.dumps(_json_safe(metrics), sort_keys=True),
         "config_digest": (_digest(data, options) if data is not None
                           else _metrics_digest(benchmark, fields)),
-        "config": zlib.compress(json.dumps(data, sort_keys=True).encode()) if data is not None else None,
         "git_commit": fields.get("git_commit", commit),
         "git_tree": fields.get("git_tree", tree),
         "torch_version": fields.get("torch_version", torch.__version__),
@@ -185,9 +200,59 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
     if isinstance(row["noise_options"], dict):
         row["noise_options"] = json.dumps(row["noise_options"], sort_keys=True)
     with connect(path) as db:
+        if data is not None:
+            row["config_dictionary"], row["config"] = _compress(db, data)
         db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
                    f"({', '.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS])
     return {**row, "metrics": _json_safe(metrics)}
+
+
+def _compress(db: sqlite3.Connection, config: dict[str, Any]) -> tuple[int | None, bytes]:
+    """(dictionary id, blob) of a config: compressed against the newest dictionary, if any."""
+    latest = db.execute("SELECT id, data FROM dictionaries ORDER BY id DESC LIMIT 1").fetchone()
+    text = json.dumps(config, sort_keys=True).encode()
+    if latest is None:
+        return None, zlib.compress(text, 9)
+    packer = zlib.compressobj(9, zdict=zlib.decompress(latest["data"]))
+    return latest["id"], packer.compress(text) + packer.flush()
+
+
+def _decompress(db: sqlite3.Connection, blob: bytes, dictionary: int | None) -> dict[str, Any]:
+    if dictionary is None:
+        return json.loads(zlib.decompress(blob))
+    data = db.execute("SELECT data FROM dictionaries WHERE id = ?", (dictionary,)).fetchone()[0]
+    unpacker = zlib.decompressobj(zdict=zlib.decompress(data))
+    return json.loads(unpacker.decompress(blob) + unpacker.flush())
+
+
+def compact(path: Path | None = None) -> tuple[int, int]:
+    """Shrink the store: a new dictionary from the newest stored configs, every config
+    compressed again against it, unused dictionaries dropped, 1 KiB pages, VACUUM. Nothing a
+    row says changes (config_of gives the same config). Returns the file's (old, new) bytes."""
+    path = path or store_path()
+    before = path.stat().st_size
+    with connect(path) as db:
+        stored = db.execute("SELECT id, config, config_dictionary FROM runs "
+                            "WHERE config IS NOT NULL ORDER BY date DESC, id DESC").fetchall()
+        configs = {r["id"]: _decompress(db, r["config"], r["config_dictionary"]) for r in stored}
+        sample: list[bytes] = []
+        for config in configs.values():  # newest first; zlib matches best near the end
+            if sum(map(len, sample)) >= DICTIONARY_BYTES:
+                break
+            sample.insert(0, json.dumps(config, sort_keys=True).encode())
+        if sample:
+            db.execute("INSERT INTO dictionaries (data) VALUES (?)",
+                       (zlib.compress(b"".join(sample)[-DICTIONARY_BYTES:], 9),))
+            for row_id, config in configs.items():
+                dictionary, blob = _compress(db, config)
+                db.execute("UPDATE runs SET config = ?, config_dictionary = ? WHERE id = ?",
+                           (blob, dictionary, row_id))
+        db.execute("DELETE FROM dictionaries WHERE id NOT IN "
+                   "(SELECT config_dictionary FROM runs WHERE config_dictionary IS NOT NULL)")
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA page_size = 1024")
+        db.execute("VACUUM")
+    return before, path.stat().st_size
 
 
 def _metrics_digest(benchmark: str, fields: dict[str, Any]) -> str:
@@ -220,14 +285,16 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     out["metrics"] = json.loads(out["metrics"])
     out.pop("config", None)
+    out.pop("config_dictionary", None)
     return out
 
 
 def config_of(row_id: int, path: Path | None = None) -> dict[str, Any] | None:
     """The resolved config a stored run trained with."""
     with connect(path) as db:
-        blob = db.execute("SELECT config FROM runs WHERE id = ?", (row_id,)).fetchone()[0]
-    return json.loads(zlib.decompress(blob)) if blob else None
+        row = db.execute("SELECT config, config_dictionary FROM runs WHERE id = ?",
+                         (row_id,)).fetchone()
+        return _decompress(db, row["config"], row["config_dictionary"]) if row["config"] else None
 
 
 def _finite(value: Any) -> float | None:
@@ -246,7 +313,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sql", help="run this query and print the rows")
     parser.add_argument("--store", type=Path, default=None, help=f"default: {STORE}")
+    parser.add_argument("--compact", action="store_true",
+                        help="shrink the file (configs against a shared dictionary, VACUUM)")
     args = parser.parse_args()
+    if args.compact:
+        before, after = compact(args.store)
+        print(f"{args.store or store_path()}: {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
+        return
     query = args.sql or ("SELECT benchmark, preset, substr(git_commit, 1, 10) AS commit_, git_tree, "
                          "count(*) AS runs, min(date) AS first, max(date) AS last FROM runs "
                          "GROUP BY benchmark, preset, git_commit, git_tree ORDER BY last")

@@ -1,0 +1,69 @@
+"""The results store keeps every run's config readable while it shrinks (benchmarks/store.py)."""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+import sys
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _store():
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
+    return importlib.import_module("store")
+
+
+def _record(store, path: Path, seed: int, epochs: int) -> None:
+    config = {"seed": seed, "train": {"epochs": epochs}}
+    store.record(benchmark="test", metrics={"dice": 0.5 + seed / 100}, config=config, path=path,
+                 method="none", seed=seed)
+
+
+def test_compact_keeps_every_config_and_metric_and_shrinks_the_file(tmp_path: Path) -> None:
+    store = _store()
+    path = tmp_path / "store.sqlite"
+    for seed in range(30):
+        _record(store, path, seed, epochs=1 + seed % 3)
+    before_rows = store.rows(path)
+    configs = {r["id"]: store.config_of(r["id"], path) for r in before_rows}
+    assert configs[before_rows[3]["id"]]["seed"] == 3
+
+    old, new = store.compact(path)
+
+    assert new < old
+    assert store.rows(path) == before_rows
+    assert {i: store.config_of(i, path) for i in configs} == configs
+    with sqlite3.connect(path) as db:
+        assert db.execute("select count(*) from dictionaries").fetchone()[0] == 1
+        dictionary, = db.execute("select distinct config_dictionary from runs").fetchone()
+        blob = db.execute("select config from runs limit 1").fetchone()[0]
+    assert dictionary is not None
+    try:  # a blob compressed against the dictionary is not readable without it
+        zlib.decompress(blob)
+        raise AssertionError("compact() left a config compressed without its dictionary")
+    except zlib.error:
+        pass
+    # a run stored after compact() is compressed against the same dictionary and reads back
+    _record(store, path, 99, epochs=7)
+    newest = store.rows(path, seed=99)[0]
+    assert store.config_of(newest["id"], path)["train"]["epochs"] == 7
+    store.compact(path)  # twice: the first dictionary is dropped, nothing is lost
+    assert {i: store.config_of(i, path) for i in configs} == configs
+    with sqlite3.connect(path) as db:
+        assert db.execute("select count(*) from dictionaries").fetchone()[0] == 1
+
+
+def test_a_store_written_before_dictionaries_still_reads_and_takes_new_runs(tmp_path: Path) -> None:
+    store = _store()
+    path = tmp_path / "old.sqlite"
+    _record(store, path, 1, epochs=2)
+    with sqlite3.connect(path) as db:  # the schema of a store written before this change
+        db.execute("drop table dictionaries")
+        db.execute("alter table runs drop column config_dictionary")
+    assert store.config_of(store.rows(path)[0]["id"], path)["train"]["epochs"] == 2
+    _record(store, path, 2, epochs=3)
+    assert [r["seed"] for r in store.rows(path)] == [1, 2]
