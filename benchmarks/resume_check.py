@@ -34,6 +34,7 @@ import store
 import torch
 
 from noisyseg.build import resolve_device
+from noisyseg.rundir import TIMINGS
 
 BENCHMARK = "resume_check"
 #: what a plain ``python benchmarks/resume_check.py`` checks
@@ -43,7 +44,7 @@ COMMAND = [sys.executable, "-c", "from noisyseg.cli import cli; cli()", "run"]
 
 def _records(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines]
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -81,7 +82,7 @@ def check(method: str, args: list[str], root: Path) -> tuple[bool, float, float,
 
     fa = json.loads((a / "metrics.json").read_text())
     fb = json.loads((b / "metrics.json").read_text())
-    keys = [k for k in fa if k != "seconds"]
+    keys = [k for k in fa if k not in TIMINGS]
     same = ({k: fa[k] for k in keys} == {k: fb[k] for k in keys} and _records(a) == _records(b)
             and _same_weights(a, b))
     return same, fa["dice"], fb["dice"], {"killed_after_epochs": done,

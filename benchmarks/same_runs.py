@@ -23,6 +23,7 @@ import store
 
 import noisyseg
 import noisyseg.config
+from noisyseg.rundir import TIMINGS
 
 SMALL = {
     "device": "cpu", "seed": 3,
@@ -74,7 +75,7 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
 
     def clean(m: Any) -> Any:
         if isinstance(m, dict):
-            return {k: clean(v) for k, v in m.items() if k != "seconds"}
+            return {k: clean(v) for k, v in m.items() if k not in TIMINGS}
         return None if isinstance(m, float) and m != m else m
 
     return {"metrics": clean(metrics), "checkpoints": out}

@@ -18,6 +18,7 @@ row is not taken for a plain run of the same config.
 
     python benchmarks/store.py                  # what the store holds, per benchmark and commit
     python benchmarks/store.py --sql "select method, count(*) from runs group by method"
+    python benchmarks/store.py --merge OTHER    # add the runs of a store written elsewhere
     python benchmarks/store.py --compact        # shrink it before committing (configs compressed
                                                 # against a dictionary of stored configs)
 """
@@ -297,6 +298,31 @@ def config_of(row_id: int, path: Path | None = None) -> dict[str, Any] | None:
         return _decompress(db, row["config"], row["config_dictionary"]) if row["config"] else None
 
 
+def merge(other: Path, path: Path | None = None) -> int:
+    """Copy into the store the runs of ``other`` (a store written elsewhere, e.g. on a lent GPU
+    machine) it does not hold (same config, commit and tree: kept once); their configs are
+    compressed again against this store's dictionary. Returns how many rows were added."""
+    with closing(sqlite3.connect(other)) as source:
+        source.row_factory = sqlite3.Row
+        theirs = source.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        configs = [_decompress(source, r["config"], _get(r, "config_dictionary"))
+                   if r["config"] else None for r in theirs]
+    added = 0
+    with connect(path) as db:
+        for row, config in zip(theirs, configs, strict=True):
+            values = {c: _get(row, c) for c in COLUMNS}
+            values["config_dictionary"], values["config"] = (
+                _compress(db, config) if config is not None else (None, None))
+            added += db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
+                                f"({', '.join('?' * len(COLUMNS))})",
+                                [values[c] for c in COLUMNS]).rowcount
+    return added
+
+
+def _get(row: sqlite3.Row, column: str) -> Any:
+    return row[column] if column in row.keys() else None  # a store older than the column
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -313,12 +339,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sql", help="run this query and print the rows")
     parser.add_argument("--store", type=Path, default=None, help=f"default: {STORE}")
+    parser.add_argument("--merge", type=Path, metavar="OTHER",
+                        help="add the runs of another store file it does not hold")
     parser.add_argument("--compact", action="store_true",
                         help="shrink the file (configs against a shared dictionary, VACUUM)")
     args = parser.parse_args()
+    if args.merge:
+        if not args.merge.is_file():
+            raise SystemExit(f"--merge {args.merge}: no such store file")
+        print(f"{merge(args.merge, args.store)} runs added from {args.merge}")
     if args.compact:
         before, after = compact(args.store)
         print(f"{args.store or store_path()}: {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
+    if args.merge or args.compact:
         return
     query = args.sql or ("SELECT benchmark, preset, substr(git_commit, 1, 10) AS commit_, git_tree, "
                          "count(*) AS runs, min(date) AS first, max(date) AS last FROM runs "

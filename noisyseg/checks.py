@@ -95,8 +95,8 @@ def check_calibration(cfg: Config, meta_images: int, needs_meta: bool, include_m
 
 def check_meta_use(cfg: Config, meta_images: int, needs_meta: bool, include_meta: bool,
                    world_size: int) -> None:
-    """A meta reweighter needs meta images; select_on_meta needs them kept out of training; the
-    batch splits evenly among the processes."""
+    """A meta reweighter needs meta images; select_on_meta needs them kept out of training and
+    out of a meta reweighter's meta batches; the batch splits evenly among the processes."""
     if needs_meta and meta_images == 0:
         raise ConfigError(
             f"reweighter '{cfg.reweighter.name}' needs a clean meta set, but dataset "
@@ -104,6 +104,11 @@ def check_meta_use(cfg: Config, meta_images: int, needs_meta: bool, include_meta
         )
     if cfg.train.batch_size % world_size:
         raise ConfigError(batch_share_error(cfg.train.batch_size, world_size))
+    if cfg.train.select_on_meta and needs_meta:
+        raise ConfigError(
+            f"train.select_on_meta scores every epoch on the clean meta images, and reweighter "
+            f"'{cfg.reweighter.name}' learns its weights from them, so the score would be biased: "
+            "drop select_on_meta, or use a reweighter that does not need a meta set")
     if cfg.train.select_on_meta and (include_meta or cfg.train.meta_only or not meta_images):
         raise ConfigError(
             "train.select_on_meta scores every epoch on the clean meta images, so they must not be "

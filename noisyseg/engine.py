@@ -7,6 +7,7 @@ comes here for each run, and for each stage of a recipe.
 from __future__ import annotations
 
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,6 +92,7 @@ def run(config: Config | dict[str, Any] | None = None, *,
     """One run (a recipe's stage is one): as :func:`noisyseg.run` describes, but the config is
     taken as it is (its ``recipe`` section is not looked at). ``label`` is shown before the epoch
     in the progress bar."""
+    asked_at = time.perf_counter()
     checkpoint = None
     if resume is not None:
         checkpoint = rundir.load_checkpoint(Path(resume))
@@ -111,14 +113,15 @@ def run(config: Config | dict[str, Any] | None = None, *,
     try:
         pm = plugin_manager if plugin_manager is not None else build_plugin_manager()
         with determinism(cfg.deterministic, device):
-            return _run_here(cfg, checkpoint, pm, progress, world, device, label)
+            return _run_here(cfg, checkpoint, pm, progress, world, device, label, asked_at)
     finally:
         if created_group:
             distributed.leave()
 
 
 def _run_here(cfg: Config, checkpoint: dict[str, Any] | None, pm: pluggy.PluginManager,
-              progress: bool, world: World, device: torch.device, label: str = "") -> RunResult:
+              progress: bool, world: World, device: torch.device, label: str = "",
+              asked_at: float | None = None) -> RunResult:
     """:func:`run` in this process (one of ``world``)."""
     parts = build_components(cfg, Registry(pm))
     check_augment(cfg, parts)
@@ -135,6 +138,7 @@ def _run_here(cfg: Config, checkpoint: dict[str, Any] | None, pm: pluggy.PluginM
     tracker = tracking.build(cfg.output.tracker, run_dir)  # every rank: a missing package fails alike
     data = _data(cfg, parts, checkpoint, world)
     loop = _loop(data, parts, pm, device, run_dir, world)
+    loop.asked_at = asked_at
     if checkpoint is not None:
         loop.restore(checkpoint)
     elif world.is_main:
@@ -178,6 +182,8 @@ def _data(cfg: Config, parts: Components, checkpoint: dict[str, Any] | None, wor
     if include_meta is None:
         wants = parts.reweighter.trains_on_meta
         include_meta = wants if wants is not None else not needs_meta
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(  # config.yaml says which
+            update={"train_on_meta": include_meta})})
     splits, calibration, aside, start = loaded, None, None, None
     if cfg.train.calibration_share is not None:
         splits, calibration = hold_out(loaded, cfg.train.calibration_share, cfg.seed)

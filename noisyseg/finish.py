@@ -65,6 +65,7 @@ def _run_facts(loop: Loop) -> dict[str, Any]:
         "epochs": len(loop.history),
         "steps": loop.step,
         "seconds": round(sum(h["seconds"] for h in loop.history), 3),
+        "seconds_to_first_step": loop.seconds_to_first_step,
     }
 
 

@@ -94,6 +94,10 @@ class Loop:
         #: the steps' loss and weight checks, read every _SHOW_LOSS_EVERY steps
         self.checks = DeferredChecks()
         self.skipped = 0  # steps skipped this epoch (non-finite loss, on_nonfinite = "skip")
+        #: when the run was asked for (the engine sets it) and how long until this process issued
+        #: its first training step: data, network, device set-up (metrics.json records it)
+        self.asked_at: float | None = None
+        self.seconds_to_first_step: float | None = None
         #: with train.select_on_meta: the epoch with the best meta-split Dice and its weights
         self.best: dict[str, Any] | None = None
         #: what predicts once training is done: the model, or with train.calibrate the model with
@@ -204,6 +208,8 @@ class Loop:
         try:
             for fed in self.feed.epoch(self.generator):
                 losses.append(self._step(fed, epoch, stats))
+                if self.seconds_to_first_step is None and self.asked_at is not None:
+                    self.seconds_to_first_step = round(time.perf_counter() - self.asked_at, 3)
                 bar.update(1)
                 if len(losses) % _SHOW_LOSS_EVERY == 0:  # reading waits for the device
                     self._verify()

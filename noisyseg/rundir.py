@@ -24,6 +24,9 @@ CHECKPOINT = "checkpoint.pt"
 EXAMPLES = "examples.png"
 CURVES = "curves.png"
 AUGMENT = "augment.png"
+#: the keys of metrics.json and metrics.jsonl that are wall-clock times: the only ones in which
+#: two runs of one config may differ
+TIMINGS = frozenset({"seconds", "seconds_to_first_step"})
 
 
 def default_dir(config: Config) -> Path:

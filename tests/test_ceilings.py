@@ -221,6 +221,10 @@ def test_select_on_meta_keeps_the_best_meta_epoch(tmp_path: Path,
     with pytest.raises(ConfigError, match="train.train_on_meta=false"):
         noisyseg.run(TINY, train={"select_on_meta": True}, output={"dir": str(tmp_path / "x")},
                      progress=False)
+    with pytest.raises(ConfigError, match="reweighter 'mcpm' learns its weights from them"):
+        noisyseg.run(TINY, reweighter={"name": "mcpm"},
+                     train={"select_on_meta": True, "train_on_meta": False},
+                     output={"dir": str(tmp_path / "m")}, progress=False)
     original = noisyseg.loop.Loop._evaluate
     meta_scores = iter([0.5, float("nan"), 0.9, 0.7])  # epoch 3 is the best; a NaN is skipped
 
@@ -260,3 +264,26 @@ def test_apply_weights_false_trains_on_the_plain_loss_but_logs_the_weights(tmp_p
     assert detect.metrics["dice"] == plain.metrics["dice"]  # ... but not applied
     assert detect.history[-1]["train_loss"] == plain.history[-1]["train_loss"]
     assert weighted.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
+
+
+@pytest.mark.parametrize(("reweighter", "trained_on"), [("none", True), ("mwnet", False),
+                                                        ("mcpm", True)])
+def test_config_yaml_says_whether_the_meta_images_were_trained_on(
+        tmp_path: Path, reweighter: str, trained_on: bool) -> None:
+    """train.train_on_meta defaults by reweighter; the run's config.yaml records what it did."""
+    import yaml
+
+    noisyseg.run(TINY, reweighter={"name": reweighter}, train={"epochs": 1, "batch_size": 8},
+                 output={"dir": str(tmp_path / "r")}, progress=False)
+    written = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert written["train"]["train_on_meta"] is trained_on
+
+
+def test_metrics_say_how_long_the_run_took_to_its_first_step(tmp_path: Path) -> None:
+    import time
+
+    asked = time.perf_counter()
+    result = noisyseg.run(TINY, output={"dir": str(tmp_path / "r")}, progress=False)
+    whole = time.perf_counter() - asked
+    first = result.metrics["seconds_to_first_step"]
+    assert 0 < first < whole

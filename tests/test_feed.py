@@ -13,6 +13,7 @@ import noisyseg.loop
 from noisyseg.data import NoisyTrainSet
 from noisyseg.feed import Feed, resident
 from noisyseg.method_kinds import LabelCorrector
+from noisyseg.rundir import TIMINGS
 from noisyseg.testing import tiny_run_config
 
 METHODS = {
@@ -57,9 +58,8 @@ def test_a_resident_feed_trains_the_same_run(tmp_path: Path, monkeypatch: pytest
     assert made and all(f.on_device for f in made)
     assert (made[0]._labels is not None) == (method != "plc")
     assert kept.metrics["dice"] == host.metrics["dice"]
-    drop = ("seconds",)
-    assert [{k: v for k, v in h.items() if k not in drop} for h in kept.history] == \
-        [{k: v for k, v in h.items() if k not in drop} for h in host.history]
+    assert [{k: v for k, v in h.items() if k not in TIMINGS} for h in kept.history] == \
+        [{k: v for k, v in h.items() if k not in TIMINGS} for h in host.history]
 
 
 def test_the_feed_stays_on_the_host_on_a_cpu_when_augmenting_or_streaming(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import noisyseg.loop
 from noisyseg import ConfigError, Recipe, RecipeOptions, Stage, build_plugin_manager, hookimpl, run
 from noisyseg.cli import cli
+from noisyseg.rundir import TIMINGS
 from noisyseg.testing import check_recipe, tiny_run_config
 from tests.test_resume import _interrupt_at_step
 
@@ -25,7 +26,7 @@ def _config(tmp_path: Path, name: str, recipe: str = "finetune_cal", train: dict
 def _comparable(metrics: dict) -> dict:
     """Final metrics without the timings, NaN (never equal to itself) as None."""
     return {k: _comparable(v) if isinstance(v, dict) else None if v != v else v
-            for k, v in metrics.items() if k != "seconds"}
+            for k, v in metrics.items() if k not in TIMINGS}
 
 
 def test_finetune_cal_runs_every_stage_into_one_directory(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import noisyseg.loop
 from noisyseg import CheckpointError, ConfigError, run
 from noisyseg.cli import cli
+from noisyseg.rundir import TIMINGS
 from noisyseg.testing import tiny_run_config
 
 METHODS = {
@@ -53,7 +54,7 @@ def _config(tmp_path: Path, name: str, method: str) -> dict:
 
 def _without_seconds(history: list[dict]) -> list[dict]:
     """Comparable records: the timing dropped, NaN (never equal to itself) as None."""
-    return [{k: None if v != v else v for k, v in h.items() if k != "seconds"} for h in history]
+    return [{k: None if v != v else v for k, v in h.items() if k not in TIMINGS} for h in history]
 
 
 def _interrupt_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> object:

@@ -67,3 +67,21 @@ def test_a_store_written_before_dictionaries_still_reads_and_takes_new_runs(tmp_
     assert store.config_of(store.rows(path)[0]["id"], path)["train"]["epochs"] == 2
     _record(store, path, 2, epochs=3)
     assert [r["seed"] for r in store.rows(path)] == [1, 2]
+
+
+def test_merge_adds_the_other_store_s_new_runs_once_with_their_configs(tmp_path: Path) -> None:
+    store = _store()
+    ours, theirs = tmp_path / "ours.sqlite", tmp_path / "theirs.sqlite"
+    for seed in range(3):
+        _record(store, ours, seed, epochs=1)
+    store.compact(ours)
+    for seed in range(2, 5):  # seed 2 is in both stores, the same run
+        _record(store, theirs, seed, epochs=1 if seed == 2 else seed)
+    store.compact(theirs)  # its own dictionary
+
+    assert store.merge(theirs, ours) == 2
+    assert store.merge(theirs, ours) == 0  # again: nothing twice
+    rows = store.rows(ours)
+    assert sorted(r["seed"] for r in rows) == [0, 1, 2, 3, 4]
+    by_seed = {r["seed"]: store.config_of(r["id"], ours) for r in rows}
+    assert by_seed[4]["train"]["epochs"] == 4 and by_seed[2]["train"]["epochs"] == 1
