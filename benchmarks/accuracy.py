@@ -26,10 +26,9 @@ import argparse
 import math
 import statistics
 import sys
-from pathlib import Path
 
 import store
-from protocol import PRESETS, mean_recovery, plan, run_all, table
+from protocol import add_run_options, mean_recovery, plan, run_all, runs_dir, table
 
 BENCHMARK = "accuracy"
 NOISE = "dilation"
@@ -58,26 +57,16 @@ def headline(rows: list[dict], datasets: list[str], methods: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--datasets", nargs="+", default=["synthetic", "mni152"])
+    add_run_options(parser, BENCHMARK, DEFAULT_METHODS)
     parser.add_argument("--rates", nargs="+", type=float, default=[0.4, 0.8])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                        help=f"default: {', '.join(DEFAULT_METHODS)}")
-    parser.add_argument("--runs", type=Path, default=None,
-                        help="where the run directories go (default: runs/benchmarks/accuracy-<preset>)")
-    parser.add_argument("--summary", action="store_true", help="only print the tables of the store")
     parser.add_argument("--every-rate", action="store_true",
                         help="run the methods the preset keeps to some rates at every rate")
-    parser.add_argument("--reuse", action="store_true",
-                        help="take a run from the store whatever the commit that produced it")
     args = parser.parse_args()
     methods = list(dict.fromkeys(["clean", "none", *args.methods]))
     if not args.summary:
         specs = plan(args.datasets, [NOISE], args.rates, args.seeds, methods,
                      None if args.every_rate else ONLY_AT.get(args.preset))
-        run_all(BENCHMARK, args.preset, specs,
-                args.runs or Path("runs") / "benchmarks" / f"{BENCHMARK}-{args.preset}", args.reuse)
+        run_all(BENCHMARK, args.preset, specs, runs_dir(args, BENCHMARK), args.reuse)
     rows = [r for r in store.rows(preset=args.preset, seed=args.seeds)
             if r["dataset"] in args.datasets and r["noise"] in (NOISE, "none")]
     print(table(rows, args.datasets, [NOISE], args.rates, methods))

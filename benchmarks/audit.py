@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import store
-from protocol import NOISES, PRESETS, ROOT, method_config
+from protocol import NOISES, PRESETS, ROOT, add_run_options, method_config, runs_dir
 
 from noisyseg.config import merge, resolve
 
@@ -307,21 +307,16 @@ def main() -> None:
     from noisyseg.audit_signals import DEFAULT_SIGNAL
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--datasets", nargs="+", default=["synthetic", "mni152"])
+    add_run_options(parser, BENCHMARK, reuse=False)
     parser.add_argument("--noises", nargs="+", default=None, help="labels of SETTINGS (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--method", default="none", help="as benchmarks/protocol.py reads methods")
     parser.add_argument("--memory", nargs="*", type=int, default=[1000, 10000],
                         help="image counts of the memory measurement (none: skip it)")
     parser.add_argument("--memory-steps", type=int, default=20)
-    parser.add_argument("--runs", type=Path, default=None,
-                        help="where the audits go (default: runs/benchmarks/audit-<preset>)")
-    parser.add_argument("--summary", action="store_true", help="only print the tables of the store")
     parser.add_argument("--docs", action="store_true", help="write the tables into docs/audit.md")
     args = parser.parse_args()
-    runs = args.runs or Path("runs") / "benchmarks" / f"audit-{args.preset}"
+    runs = runs_dir(args, BENCHMARK)
     settings = [s for s in SETTINGS if args.noises is None or s[0] in args.noises]
     missing = [n for n, _ in settings if n not in NOISES]
     if missing:

@@ -18,7 +18,8 @@ mkdir -p .whl
 wheels=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
         typing-extensions==4.16.0 packaging==26.4 higher==0.2.1 segmentation-models-pytorch==0.6.0
         nibabel==5.4.2 nilearn==0.14.1 albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16
-        stringzilla==5.3.2 cleanlab==2.9.0 termcolor==3.3.0)
+        stringzilla==5.3.2 cleanlab==2.9.0 termcolor==3.3.0
+        monai==1.6.1)  # the tests compare the metrics with MONAI's
 platforms=()
 for n in 17 24 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
 platforms+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)

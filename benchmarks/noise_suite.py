@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import store
-from protocol import PRESETS, mean_recovery, plan, recovery, run_all
+from protocol import add_run_options, mean_recovery, plan, recovery, run_all, runs_dir
 
 BENCHMARK = "noise_suite"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "noise.md"
@@ -115,21 +115,12 @@ def docs_block(rows: list[dict], preset: str = "cpu") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--datasets", nargs="+", default=["synthetic", "mni152"])
+    add_run_options(parser, BENCHMARK, DEFAULT_METHODS)
     parser.add_argument("--noises", nargs="+", default=None,
                         help="noise labels of the suite to run (default: all of it)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                        help=f"default: {', '.join(DEFAULT_METHODS)}")
-    parser.add_argument("--runs", type=Path, default=None,
-                        help="where the run directories go (default: runs/benchmarks/noise_suite-<preset>)")
-    parser.add_argument("--summary", action="store_true", help="only print the tables of the store")
     parser.add_argument("--docs", action="store_true",
                         help="write the tables of every method the store holds for the suite into "
                              "docs/noise.md (implies --summary)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="take a run from the store whatever the commit that produced it")
     args = parser.parse_args()
     settings = [s for s in SUITE if args.noises is None or s[0] in args.noises]
     methods = list(dict.fromkeys(["clean", "none", *args.methods]))
@@ -145,8 +136,7 @@ def main() -> None:
             specs += [s for s in plan(args.datasets, [noise], [rate], args.seeds, methods)
                       if s not in specs]
         specs.sort(key=lambda s: (s.seed, s.dataset))  # every setting's seed 0 first
-        run_all(BENCHMARK, args.preset, specs,
-                args.runs or Path("runs") / "benchmarks" / f"{BENCHMARK}-{args.preset}", args.reuse)
+        run_all(BENCHMARK, args.preset, specs, runs_dir(args, BENCHMARK), args.reuse)
     rows = [r for r in store.rows(preset=args.preset, seed=args.seeds) if r["dataset"] in args.datasets]
     print(summary(rows, args.datasets, settings, methods))
 

@@ -18,11 +18,13 @@ noisy labels, 1 is training on the clean ones.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,3 +303,27 @@ def table(rows: list[dict[str, Any]], datasets: list[str], noises: list[str], ra
                     lines.append(f"| {dataset} | {noise} | {rate:g} | {method} | "
                                  f"{statistics.mean(d):.4f}{sd} | {len(d)} | {shown} |")
     return "\n".join(lines)
+
+
+def add_run_options(parser: argparse.ArgumentParser, benchmark: str,
+                    methods: Sequence[str] | None = None, reuse: bool = True) -> None:
+    """The options of a benchmark that trains runs of this protocol: --preset, --datasets,
+    --seeds, --methods (with ``methods``, its default), --runs (default
+    runs/benchmarks/<benchmark>-<preset>, see :func:`runs_dir`), --summary and --reuse."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--datasets", nargs="+", default=["synthetic", "mni152"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    if methods is not None:
+        parser.add_argument("--methods", nargs="+", default=list(methods),
+                            help=f"default: {', '.join(methods)}")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help=f"where the run directories go (default: runs/benchmarks/{benchmark}-<preset>)")
+    parser.add_argument("--summary", action="store_true", help="only print the tables of the store")
+    if reuse:
+        parser.add_argument("--reuse", action="store_true",
+                            help="take a run from the store whatever the commit that produced it")
+
+
+def runs_dir(args: argparse.Namespace, benchmark: str) -> Path:
+    """Where the runs of a benchmark with :func:`add_run_options` go."""
+    return args.runs or Path("runs") / "benchmarks" / f"{benchmark}-{args.preset}"

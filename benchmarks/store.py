@@ -46,6 +46,9 @@ ROOT = HERE.parent
 STORE = HERE / "results" / "results.sqlite"
 #: set it to write somewhere else (the tests do)
 STORE_ENV = "NOISYSEG_RESULTS_STORE"
+#: "<commit> <tree>" of a copy of the checkout without its .git folder (the GPU machine's):
+#: the code state its rows are stored with
+CODE_STATE_ENV = "NOISYSEG_CODE_STATE"
 
 
 def store_path() -> Path:
@@ -96,8 +99,10 @@ DICTIONARY_BYTES = 32 * 1024
 
 
 @contextmanager
-def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
-    """The store, created when missing; one transaction, committed when the block ends."""
+def connect(path: Path | None = None, write: bool = False) -> Iterator[sqlite3.Connection]:
+    """The store, created when missing; one transaction, committed when the block ends (with
+    ``write``, holding the write lock from its start: a compaction cannot change the
+    dictionaries between a config's compression and its row)."""
     path = path or store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(path, timeout=60)) as db:
@@ -107,6 +112,8 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
             db.execute("ALTER TABLE runs ADD COLUMN config_dictionary INTEGER "
                        "REFERENCES dictionaries (id)")  # a store written before dictionaries
         with db:
+            if write:
+                db.execute("BEGIN IMMEDIATE")
             yield db
 
 
@@ -116,9 +123,20 @@ def code_state() -> tuple[str, str]:
     and a digest of ``git diff HEAD`` plus the untracked files' names (so two different dirty
     states are two states). Read once per process, when the first run starts."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  check=False).stdout
+        except FileNotFoundError:  # no git on this machine
+            return ""
 
+    given = os.environ.get(CODE_STATE_ENV)
+    if given:
+        commit, _, tree = given.partition(" ")
+        return commit, tree or "clean"
+    if git("rev-parse", "--is-inside-work-tree").strip() != "true":
+        raise SystemExit(f"{ROOT} is not a git checkout, so the store cannot tell which code its "
+                         f"runs are of: set {CODE_STATE_ENV}='<commit> <tree>' (e.g. "
+                         "'$(git rev-parse HEAD) clean', taken where the checkout came from)")
     commit = git("rev-parse", "HEAD").strip() or "unknown"
     diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
     untracked = git("ls-files", "--others", "--exclude-standard", "--", ".",
@@ -181,7 +199,7 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
     by a speed benchmark)."""
     import torch
 
-    unknown = set(fields) - set(COLUMNS)
+    unknown = set(fields) - set(COLUMNS) | {"config", "config_dictionary"} & set(fields)
     if unknown:
         raise TypeError(f"record(): unknown fields {sorted(unknown)}")
     commit, tree = code_state()
@@ -200,12 +218,17 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
     }
     if isinstance(row["noise_options"], dict):
         row["noise_options"] = json.dumps(row["noise_options"], sort_keys=True)
-    with connect(path) as db:
+    with connect(path, write=True) as db:
         if data is not None:
             row["config_dictionary"], row["config"] = _compress(db, data)
-        db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
-                   f"({', '.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS])
+        _insert(db, row)
     return {**row, "metrics": _json_safe(metrics)}
+
+
+def _insert(db: sqlite3.Connection, row: dict[str, Any]) -> int:
+    """Store a row (every column of COLUMNS) unless the store holds its run; 1 if it was added."""
+    return db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
+                      f"({', '.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS]).rowcount
 
 
 def _compress(db: sqlite3.Connection, config: dict[str, Any]) -> tuple[int | None, bytes]:
@@ -231,8 +254,10 @@ def compact(path: Path | None = None) -> tuple[int, int]:
     compressed again against it, unused dictionaries dropped, 1 KiB pages, VACUUM. Nothing a
     row says changes (config_of gives the same config). Returns the file's (old, new) bytes."""
     path = path or store_path()
+    if not path.is_file():
+        raise SystemExit(f"no results store at {path}")
     before = path.stat().st_size
-    with connect(path) as db:
+    with connect(path, write=True) as db:
         stored = db.execute("SELECT id, config, config_dictionary FROM runs "
                             "WHERE config IS NOT NULL ORDER BY date DESC, id DESC").fetchall()
         configs = {r["id"]: _decompress(db, r["config"], r["config_dictionary"]) for r in stored}
@@ -308,14 +333,12 @@ def merge(other: Path, path: Path | None = None) -> int:
         configs = [_decompress(source, r["config"], _get(r, "config_dictionary"))
                    if r["config"] else None for r in theirs]
     added = 0
-    with connect(path) as db:
+    with connect(path, write=True) as db:
         for row, config in zip(theirs, configs, strict=True):
             values = {c: _get(row, c) for c in COLUMNS}
             values["config_dictionary"], values["config"] = (
                 _compress(db, config) if config is not None else (None, None))
-            added += db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
-                                f"({', '.join('?' * len(COLUMNS))})",
-                                [values[c] for c in COLUMNS]).rowcount
+            added += _insert(db, values)
     return added
 
 

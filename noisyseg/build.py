@@ -56,12 +56,22 @@ def build_components(config: Config, registry: Registry) -> Components:
 
 
 def with_options(config: Config, parts: Components) -> Config:
-    """The config with every component's options as validated, defaults filled in: what
-    config.yaml records, so a repeated run does not depend on a plugin's defaults staying put."""
+    """The config with every component's options as validated, defaults filled in, and
+    train.train_on_meta as the reweighter decides it when unset: what config.yaml records, so
+    a repeated run does not depend on a plugin's defaults staying put."""
     data = config.model_dump(mode="json")
     for key in KINDS:
         data[key]["options"] = getattr(parts, key).options.model_dump(mode="json")
+    if data["train"]["train_on_meta"] is None:
+        data["train"]["train_on_meta"] = trains_on_meta_by_default(type(parts.reweighter))
     return resolve(data)
+
+
+def trains_on_meta_by_default(reweighter: type) -> bool:
+    """train.train_on_meta when the config leaves it unset: what the reweighter class asks
+    for, else yes unless it learns from the meta images itself."""
+    wants = reweighter.trains_on_meta
+    return wants if wants is not None else not reweighter.needs_meta_batch
 
 
 def epochs_for_steps(config: Config, n_train: int) -> Config:

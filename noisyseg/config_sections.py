@@ -65,7 +65,8 @@ class TrainConfig(_Section):
     select_on_meta: bool = Field(
         False,
         description="keep the epoch whose Dice on the clean meta split is best (early stopping on "
-        "clean labels); needs train_on_meta = false, so the meta images are not trained on",
+        "clean labels); needs train_on_meta = false, so the meta images are not trained on, and a "
+        "reweighter that does not learn its weights from them (not mcpm, mwnet, l2rw)",
     )
     calibrate: bool = Field(
         False,

@@ -179,11 +179,7 @@ def _data(cfg: Config, parts: Components, checkpoint: dict[str, Any] | None, wor
     check_volumes(cfg, parts, loaded)
     needs_meta = parts.reweighter.needs_meta_batch
     include_meta = cfg.train.train_on_meta
-    if include_meta is None:
-        wants = parts.reweighter.trains_on_meta
-        include_meta = wants if wants is not None else not needs_meta
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(  # config.yaml says which
-            update={"train_on_meta": include_meta})})
+    assert include_meta is not None, "build.with_options sets train.train_on_meta"
     splits, calibration, aside, start = loaded, None, None, None
     if cfg.train.calibration_share is not None:
         splits, calibration = hold_out(loaded, cfg.train.calibration_share, cfg.seed)

@@ -105,6 +105,27 @@ def _show_image(ax: Any, image: np.ndarray) -> None:
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
 
 
+def _show_mask(ax: Any, mask: np.ndarray, vmax: int) -> None:
+    ax.imshow(mask, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+
+
+def _panel(ax: Any, title: str | None = None, label: str | None = None, size: int = 8) -> None:
+    """A panel of a contact sheet: no ticks; a column title (first row), a row label (first
+    column)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    if label is not None:
+        ax.set_ylabel(label, fontsize=size)
+
+
+def _save(fig: Any, path: Any) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
 def save_examples(
     path: Path,
     rows: list[dict[str, Any]],
@@ -129,13 +150,9 @@ def save_examples(
     for i, row in enumerate(rows):
         for j, col in enumerate(columns):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(col, fontsize=9)
+            _panel(ax, col if i == 0 else None, row["title"] if col == "image" else None)
             if col == "image":
                 _show_image(ax, row["image"])
-                ax.set_ylabel(row["title"], fontsize=8)
             elif col == "weight map":
                 if row.get("weight") is not None:
                     im = ax.imshow(row["weight"], cmap="viridis", vmin=0)
@@ -148,13 +165,11 @@ def save_examples(
                 if mask is None:
                     ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
                     continue
-                ax.imshow(mask, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+                _show_mask(ax, mask, vmax)
                 if key != "clean":  # outline the truth on the other masks
                     ax.contour(row["clean"] > 0, levels=[0.5], colors="lime", linewidths=0.7)
     fig.suptitle("green outline: clean mask", fontsize=8, y=0.995)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_curves(path: Path, history: list[dict[str, Any]]) -> None:
@@ -176,9 +191,7 @@ def save_curves(path: Path, history: list[dict[str, Any]]) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_augmented(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -195,19 +208,13 @@ def save_augmented(path: Path, rows: list[dict[str, Any]]) -> None:
     for i, row in enumerate(rows):
         for j, (image, mask) in enumerate(zip(row["images"], row["masks"], strict=True)):
             ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _panel(ax, ("original" if j == 0 else f"draw {j}") if i == 0 else None,
+                   row["title"] if j == 0 else None)
             _show_image(ax, image)
             if mask.max() > 0:
                 ax.contour(mask > 0, levels=[0.5], colors="orange", linewidths=0.7)
-            if i == 0:
-                ax.set_title("original" if j == 0 else f"draw {j}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(row["title"], fontsize=8)
     fig.suptitle("orange outline: the training mask, moved with its image", fontsize=8, y=0.995)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _axial_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -239,13 +246,9 @@ def save_audit(path: Any, rows: list[dict[str, Any]], num_classes: int) -> None:
         for j, col in enumerate(columns):
             ax = axes[i, first + j]
             ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(col, fontsize=9)
+            _panel(ax, col if i == 0 else None, row["title"] if col == "image" else None, size=7)
             if col == "image":
                 _show_image(ax, row["image"])
-                ax.set_ylabel(row["title"], fontsize=7)
             elif col == "suspected wrong pixels":
                 _show_image(ax, row["image"])
                 overlay = np.zeros((*given.shape, 4))
@@ -254,13 +257,10 @@ def save_audit(path: Any, rows: list[dict[str, Any]], num_classes: int) -> None:
                 overlay[(given > 0) & (pred > 0) & (given != pred)] = (1.0, 0.9, 0.1, 0.75)
                 ax.imshow(overlay, interpolation="nearest")
             else:
-                mask = given if col == "given mask" else pred
-                ax.imshow(mask, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+                _show_mask(ax, given if col == "given mask" else pred, vmax)
             if row.get("clean") is not None and col != "image" and np.any(row["clean"] > 0):
                 ax.contour(np.asarray(row["clean"]) > 0, levels=[0.5], colors="lime", linewidths=0.7)
     known = any(row.get("clean") is not None for row in rows)
     fig.suptitle("red: given foreground the prediction leaves out; cyan: foreground it adds"
                  + ("; green outline: clean mask" if known else ""), fontsize=8, y=0.998)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, path)

@@ -62,7 +62,8 @@ def options_json(index: dict[str, Any], name: str) -> dict[str, Any]:
 
 def default_config(index: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """Config data with every component section's options filled in with the component's
-    defaults (what ``noisyseg config`` shows), from the index."""
+    defaults, and train.train_on_meta as the reweighter decides it when unset (what ``noisyseg
+    config`` shows, as :func:`noisyseg.build.with_options` does), from the index."""
     out = dict(data)
     for key in KINDS:
         section = dict(out.get(key) or {})
@@ -70,4 +71,6 @@ def default_config(index: dict[str, Any], data: dict[str, Any]) -> dict[str, Any
         found = [e for e in entries(index, key) if e["name"] == name]
         defaults = found[0]["defaults"] if found and found[0]["defaults"] is not None else {}
         out[key] = {**section, "name": name, "options": {**defaults, **section.get("options", {})}}
+        if key == "reweighter" and found and (out.get("train") or {}).get("train_on_meta") is None:
+            out["train"] = {**(out.get("train") or {}), "train_on_meta": found[0]["trains_on_meta"]}
     return out

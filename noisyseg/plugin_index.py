@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 #: bump when the index's layout changes
-LAYOUT = 1
+LAYOUT = 2
 GROUP = "noisyseg"
 AUTOLOAD_ENV = "NOISYSEG_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -94,6 +94,7 @@ def load() -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     """The index, from the plugins themselves (imports them, hence torch)."""
+    from noisyseg.build import trains_on_meta_by_default
     from noisyseg.kinds import KINDS
     from noisyseg.plugins import Registry, build_plugin_manager, option_rows
 
@@ -110,6 +111,7 @@ def build() -> dict[str, Any]:
             "description": e.cls.describe(), "details": e.cls.details(),
             "options": option_rows(e.cls),
             "defaults": e.cls.Options().model_dump(mode="json") if _has_defaults(e.cls) else None,
+            **({"trains_on_meta": trains_on_meta_by_default(e.cls)} if key == "reweighter" else {}),
         } for e in registry.entries(key)]
     commands = sorted(impl.plugin_name for impl in pm.hook.register_commands.get_hookimpls())
     return {"layout": LAYOUT, "kinds": kinds, "commands": commands,

@@ -85,3 +85,28 @@ def test_merge_adds_the_other_store_s_new_runs_once_with_their_configs(tmp_path:
     assert sorted(r["seed"] for r in rows) == [0, 1, 2, 3, 4]
     by_seed = {r["seed"]: store.config_of(r["id"], ours) for r in rows}
     assert by_seed[4]["train"]["epochs"] == 4 and by_seed[2]["train"]["epochs"] == 1
+
+
+def test_a_copy_without_git_must_be_told_its_code_state(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    store = _store()
+    monkeypatch.setattr(store, "ROOT", tmp_path)  # not a git checkout (the GPU machine's copy)
+    monkeypatch.delenv(store.CODE_STATE_ENV, raising=False)
+    store.code_state.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match="NOISYSEG_CODE_STATE"):
+            store.code_state()
+        monkeypatch.setenv(store.CODE_STATE_ENV, "abc123 clean")
+        store.code_state.cache_clear()
+        assert store.code_state() == ("abc123", "clean")
+    finally:
+        store.code_state.cache_clear()
+
+
+def test_record_refuses_to_be_handed_the_stored_config_columns(tmp_path: Path) -> None:
+    import pytest
+
+    store = _store()
+    with pytest.raises(TypeError, match="config_dictionary"):
+        store.record(benchmark="test", metrics={}, path=tmp_path / "s.sqlite", config_dictionary=1)
