@@ -185,6 +185,19 @@ def test_a_recipe_audit_goes_on_from_its_finished_folds(tmp_path: Path) -> None:
     assert not (inside.audit_dir / "audit.png").exists()
 
 
+def test_an_audit_goes_on_from_its_finished_fold_runs(tmp_path: Path) -> None:
+    """A fold run's config.yaml (train_on_meta as its reweighter resolved it) is the config the
+    audit expects: a finished fold is not trained again."""
+    config = _tiny(tmp_path, "p", train={"max_steps": 2})
+    first = noisyseg.audit(config, folds=2, progress=False, top=2)
+    checkpoint = first.audit_dir / "fold-1" / "checkpoint.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    (first.audit_dir / "audit.json").unlink()
+    second = noisyseg.audit(config, folds=2, progress=False, top=2)
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert [r["score"] for r in first.rows] == [r["score"] for r in second.rows]
+
+
 # --------------------------------------------------------------------------- memory
 _CHILD = """
 import json, sys, warnings
