@@ -132,17 +132,24 @@ def test_without_pseudo_labels_no_gradient_is_added(registry: Registry) -> None:
     assert all(torch.allclose(g, w, atol=1e-7) for g, w in zip(got, want, strict=True))
 
 
-def test_weights_favour_the_clean_pixels_of_a_noisy_run(tmp_path: Path) -> None:
-    """Half the masks dilated: in every epoch the corrupted pixels weigh less than the clean ones
-    on average, and the weights rank them better than chance (AUROC of 1 - w)."""
-    result = run(tiny_run_config(seed=0, reweighter={"name": "distil"}, noise={"rate": 0.5},
-                                 train={"epochs": 2}, output={"dir": str(tmp_path / "run")}),
-                 progress=False)
-    for record in result.history:
+@pytest.mark.parametrize("image_level", [False, True])
+def test_weights_favour_the_clean_pixels_of_a_noisy_run(tmp_path: Path, image_level: bool) -> None:
+    """Half the masks dilated: the corrupted pixels weigh less than the clean ones on average, and
+    the weights rank them better than chance (AUROC of 1 - w). With the image weights in every
+    epoch of two; by the pixel-wise estimate alone (the default) in the second half of ten: the
+    teacher needs a few epochs to learn where its passes disagree."""
+    epochs = 2 if image_level else 10
+    options = {"image_weights": image_level, "rampup_epochs": 1}
+    result = run(tiny_run_config(seed=0, reweighter={"name": "distil", "options": options},
+                                 noise={"rate": 0.5}, train={"epochs": epochs},
+                                 output={"dir": str(tmp_path / "run")}), progress=False)
+    for record in result.history[len(result.history) // 2 if not image_level else 0:]:
         assert record["weight_mean_corrupted"] < record["weight_mean_clean"], record
         assert record["weight_auroc"] > 0.5, record
     assert math.isfinite(result.metrics["dice"])
-    assert set(result.reweighter.state_dict()) >= {"teacher", "quality", "quality_optimizer", "generator"}
+    quality = {"quality", "quality_optimizer"}
+    assert set(result.reweighter.state_dict()) >= {"teacher", "generator"} | (quality if image_level else set())
+    assert image_level or not quality & set(result.reweighter.state_dict())
 
 
 def test_volumes_get_a_3d_quality_net(registry: Registry) -> None:
@@ -151,7 +158,7 @@ def test_volumes_get_a_3d_quality_net(registry: Registry) -> None:
                             nn.Conv3d(3, 1, 3, padding=1))
     run_context = dataclasses.replace(cpu_run_context(2), build_model=lambda: copy.deepcopy(student),
                                       spatial_dims=3)
-    reweighter = registry.build("reweighter", "distil", {})
+    reweighter = registry.build("reweighter", "distil", {"image_weights": True})
     reweighter.setup(run_context)
     x = torch.randn(2, 1, 8, 8, 8)
     y = torch.from_numpy(random_masks(2, 8, 2, seed=1, dims=3))
@@ -166,7 +173,8 @@ def test_volumes_get_a_3d_quality_net(registry: Registry) -> None:
 def test_two_processes_hold_one_teacher_and_one_quality_net(tmp_path: Path) -> None:
     from noisyseg.lockstep import process_differences, run_in_processes
 
-    config = tiny_run_config(device="cpu", reweighter={"name": "distil"}, train={"epochs": 1},
+    config = tiny_run_config(device="cpu", reweighter={"name": "distil", "options": {"image_weights": True}},
+                             train={"epochs": 1},
                              output={"dir": str(tmp_path / "run")})
     a, b = run_in_processes(2, config)
     assert {"teacher", "quality"} <= set(a["reweighter"])

@@ -40,7 +40,7 @@ METHODS = {
                              "train": {"select_on_meta": True, "train_on_meta": False}},
     "augment+plc": {"augment": {"hflip": 0.5, "elastic": 0.5, "brightness_contrast": 0.5},
                     "corrector": {"name": "plc", "options": {"warmup_epochs": 1}}},
-    "distil": {"reweighter": {"name": "distil", "options": {"rampup_epochs": 1}}},
+    "distil": {"reweighter": {"name": "distil", "options": {"rampup_epochs": 1, "image_weights": True}}},
 }
 FINAL_KEYS = ("dice", "iou", "hd", "hd95", "train_label_error_final", "steps", "epochs")
 

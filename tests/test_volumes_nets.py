@@ -169,7 +169,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("coteaching", {}), ("coteaching", {"rank_within": "image"}),
     ("oracle", {}), ("oracle", {"balance": True}),
     ("gce", {}),
-    ("distil", {}), ("distil", {"image_weights": False}),
+    ("distil", {}), ("distil", {"image_weights": True}),
 ]
 
 

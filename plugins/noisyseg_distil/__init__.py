@@ -81,8 +81,9 @@ class DistilOptions(BaseModel):
         "wrong")
     pseudo: bool = Field(True, description="learn from the teacher's pseudo labels where uncertain "
                                            "(false: the uncertainty only lowers the weights)")
-    image_weights: bool = Field(True, description="weight whole images by the quality net "
-                                                  "(Pick-and-Learn)")
+    image_weights: bool = Field(False, description="weight whole images by the quality net "
+                                                   "(Pick-and-Learn; off by default: chosen on "
+                                                   "the meta images' validation share)")
     lam: float = Field(1.0, gt=0, description="lambda: the largest image weight is at most e^(2 lambda) "
                                               "times the smallest")
     width: int = Field(16, ge=1, description="channels of the quality net's first block")
@@ -203,7 +204,7 @@ class DistilReweighter(Reweighter):
             p.requires_grad_(False)
         self.generator = torch.Generator().manual_seed(run.seed + 7919)
         self.steps = 0  # teacher updates so far
-        self.quality: QualityNet | None = None  # built at the first step (its input channels)
+        self.quality: QualityNet | None = None  # image_weights: built at the first step (its input channels)
         self.quality_optimizer: torch.optim.Optimizer | None = None
         self.in_channels = 0
         #: this epoch's sums for metrics(): teacher uncertainty, pseudo label != training label,
@@ -260,7 +261,7 @@ class DistilReweighter(Reweighter):
         Shape:
             ctx.images - (N, C, H, W); ctx.loss_map - (N, H, W); returns (N, H, W)
         """
-        if self.quality is None:
+        if self.options.image_weights and self.quality is None:
             self._build_quality(ctx.images.shape[1])
         decay = min(1.0 - 1.0 / (self.steps + 1), self.options.ema)  # 0 at first: the student's copy
         update_teacher(self.teacher, ctx.model, decay)
@@ -327,7 +328,7 @@ class DistilReweighter(Reweighter):
     @torch.no_grad()
     def preview(self, ctx: StepContext) -> torch.Tensor | None:
         """The weights q_n (1 - r u_i) now, with no teacher, quality-net or noise-generator step."""
-        if self.quality is None or self.steps == 0:
+        if self.steps == 0:
             return None
         generator = torch.Generator().set_state(self.generator.get_state())
         u, _ = self._teacher(ctx.images, ctx.labels, generator)
