@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS runs (
     seed INTEGER,
     dice REAL,                        -- the final test Dice (also in metrics)
     metrics TEXT NOT NULL,            -- JSON: every final metric, a recipe's stages inside
+                                      -- (its last stage's metrics kept once, see _pack())
     config_digest TEXT NOT NULL,      -- sha256 of the resolved config without its output section
                                       -- (and of a benchmark's options, see digest())
     config BLOB,                      -- that config, JSON, zlib-compressed (with the dictionary
@@ -96,6 +97,8 @@ COLUMNS = ("benchmark", "preset", "dataset", "noise", "noise_options", "rate", "
            "torch_version", "device", "seconds", "date", "note", "config_dictionary")
 #: the most of its stored configs a dictionary holds (zlib reads at most 32 KiB of it)
 DICTIONARY_BYTES = 32 * 1024
+#: a recipe's stage stored as {FINAL_STAGE: [keys]}: its metrics are the top level's but those keys
+FINAL_STAGE = "top_level_except"
 
 
 @contextmanager
@@ -208,7 +211,7 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
         **dict.fromkeys(COLUMNS), **fields,
         "benchmark": benchmark,
         "dice": _finite(metrics.get("dice")),
-        "metrics": json.dumps(_json_safe(metrics), sort_keys=True),
+        "metrics": _pack(metrics),
         "config_digest": (_digest(data, options) if data is not None
                           else _metrics_digest(benchmark, fields)),
         "git_commit": fields.get("git_commit", commit),
@@ -231,6 +234,34 @@ def _insert(db: sqlite3.Connection, row: dict[str, Any]) -> int:
                       f"({', '.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS]).rowcount
 
 
+def _pack(metrics: dict[str, Any]) -> str:
+    """The stored JSON of a run's metrics. A recipe's top level is its last stage's metrics (and
+    what the benchmark added, e.g. best_dice): that stage is kept once, as {FINAL_STAGE: the top
+    level's keys it lacks}, which :func:`_unpack` expands again to exactly what it was."""
+    metrics = _unpack(_json_safe(metrics))
+    stages = metrics.get("stages")
+    top = {k: v for k, v in metrics.items() if k != "stages"}
+    if isinstance(stages, dict):
+        same = [name for name, stage in stages.items() if isinstance(stage, dict)
+                and stage.keys() <= top.keys() and all(top[k] == v for k, v in stage.items())]
+        if len(same) == 1:
+            stages = {**stages, same[0]: {FINAL_STAGE: sorted(top.keys() - stages[same[0]].keys())}}
+            metrics = {**metrics, "stages": stages}
+    return json.dumps(metrics, sort_keys=True)
+
+
+def _unpack(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics as recorded, from their stored form (see :func:`_pack`)."""
+    stages = metrics.get("stages")
+    if not isinstance(stages, dict):
+        return metrics
+    top = {k: v for k, v in metrics.items() if k != "stages"}
+    return {**metrics, "stages": {
+        name: ({k: v for k, v in top.items() if k not in stage[FINAL_STAGE]}
+               if isinstance(stage, dict) and FINAL_STAGE in stage else stage)
+        for name, stage in stages.items()}}
+
+
 def _compress(db: sqlite3.Connection, config: dict[str, Any]) -> tuple[int | None, bytes]:
     """(dictionary id, blob) of a config: compressed against the newest dictionary, if any."""
     latest = db.execute("SELECT id, data FROM dictionaries ORDER BY id DESC LIMIT 1").fetchone()
@@ -251,8 +282,9 @@ def _decompress(db: sqlite3.Connection, blob: bytes, dictionary: int | None) -> 
 
 def compact(path: Path | None = None) -> tuple[int, int]:
     """Shrink the store: a new dictionary from the newest stored configs, every config
-    compressed again against it, unused dictionaries dropped, 1 KiB pages, VACUUM. Nothing a
-    row says changes (config_of gives the same config). Returns the file's (old, new) bytes."""
+    compressed again against it, a recipe's last stage kept once (:func:`_pack`), unused
+    dictionaries dropped, 1 KiB pages, VACUUM. Nothing a row says changes (rows and config_of
+    give the same metrics and config). Returns the file's (old, new) bytes."""
     path = path or store_path()
     if not path.is_file():
         raise SystemExit(f"no results store at {path}")
@@ -273,6 +305,10 @@ def compact(path: Path | None = None) -> tuple[int, int]:
                 dictionary, blob = _compress(db, config)
                 db.execute("UPDATE runs SET config = ?, config_dictionary = ? WHERE id = ?",
                            (blob, dictionary, row_id))
+        for row_id, text in db.execute("SELECT id, metrics FROM runs").fetchall():
+            packed = _pack(json.loads(text))
+            if packed != text:
+                db.execute("UPDATE runs SET metrics = ? WHERE id = ?", (packed, row_id))
         db.execute("DELETE FROM dictionaries WHERE id NOT IN "
                    "(SELECT config_dictionary FROM runs WHERE config_dictionary IS NOT NULL)")
     with closing(sqlite3.connect(path)) as db:
@@ -309,7 +345,7 @@ def rows(path: Path | None = None, **where: Any) -> list[dict[str, Any]]:
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
-    out["metrics"] = json.loads(out["metrics"])
+    out["metrics"] = _unpack(json.loads(out["metrics"]))
     out.pop("config", None)
     out.pop("config_dictionary", None)
     return out
@@ -336,6 +372,7 @@ def merge(other: Path, path: Path | None = None) -> int:
     with connect(path, write=True) as db:
         for row, config in zip(theirs, configs, strict=True):
             values = {c: _get(row, c) for c in COLUMNS}
+            values["metrics"] = _pack(json.loads(values["metrics"]))
             values["config_dictionary"], values["config"] = (
                 _compress(db, config) if config is not None else (None, None))
             added += _insert(db, values)

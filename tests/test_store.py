@@ -110,3 +110,28 @@ def test_record_refuses_to_be_handed_the_stored_config_columns(tmp_path: Path) -
     store = _store()
     with pytest.raises(TypeError, match="config_dictionary"):
         store.record(benchmark="test", metrics={}, path=tmp_path / "s.sqlite", config_dictionary=1)
+
+
+def test_a_recipe_s_last_stage_is_stored_once_and_reads_back_as_recorded(tmp_path: Path) -> None:
+    store = _store()
+    path = tmp_path / "store.sqlite"
+    last = {"dice": 0.8, "iou": 0.7, "seconds": 3.0, "offset": float("nan")}
+    metrics = {**last, "best_dice": 0.81, "stages": {"1-train": {"dice": 0.7, "iou": 0.6},
+                                                      "2-finetune": dict(last)}}
+    row = store.record(benchmark="test", metrics=metrics, config={"seed": 1}, path=path, seed=1)
+    with sqlite3.connect(path) as db:
+        text, = db.execute("select metrics from runs").fetchone()
+    assert text.count('"iou": 0.7') == 1 and '"top_level_except": ["best_dice"]' in text
+    assert store.rows(path)[0]["metrics"] == row["metrics"]          # NaN stored as null
+    assert row["metrics"]["stages"]["2-finetune"] == {**last, "offset": None}
+    with sqlite3.connect(path) as db:  # a row stored before: compact and merge pack it too
+        db.execute("update runs set metrics = ?", (store.json.dumps(row["metrics"]),))
+    store.compact(path)
+    assert store.rows(path)[0]["metrics"] == row["metrics"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("select metrics from runs").fetchone()[0] == text
+        db.execute("update runs set metrics = ?", (store.json.dumps(row["metrics"]),))
+    other = tmp_path / "other.sqlite"
+    assert store.merge(path, other) == 1
+    with sqlite3.connect(other) as db:
+        assert db.execute("select metrics from runs").fetchone()[0] == text
