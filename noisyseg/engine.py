@@ -252,7 +252,8 @@ def _loop(data: Data, parts: Components, pm: pluggy.PluginManager, device: torch
 
 def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: bool,
                label: str = "") -> RunResult:
-    """:func:`run` in ``nproc`` new processes; rank 0's result, with its model, comes back."""
+    """:func:`run` in ``nproc`` new processes; rank 0's result, with its model and the config
+    it resolved (the one its config.yaml records), comes back."""
     distributed.check_nproc(nproc, resolve_device(cfg.device))
     parts = build_components(cfg, Registry(build_plugin_manager()))
     check_augment(cfg, parts)  # fail here, not in N processes
@@ -267,7 +268,7 @@ def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: boo
     results = distributed.spawn(nproc, _run_in_child, data, resume, progress, label)
     main = results[0]
     return RunResult(run_dir=main["run_dir"], metrics=main["metrics"], history=main["history"],
-                     config=cfg, model=main["model"])
+                     config=resolve(main["config"]), model=main["model"])
 
 
 def _run_in_child(data: dict[str, Any] | None, resume: str | Path | None,
@@ -276,4 +277,4 @@ def _run_in_child(data: dict[str, Any] | None, resume: str | Path | None,
     if not distributed.env_world().is_main:
         return None
     return {"run_dir": result.run_dir, "metrics": result.metrics, "history": result.history,
-            "model": result.model}
+            "model": result.model, "config": result.config.model_dump(mode="json")}

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 import noisyseg.loop
 from noisyseg import ConfigError, build_plugin_manager, run
 from noisyseg.build import resolve_device
 from noisyseg.cli import cli
+from noisyseg.config import resolve
 from noisyseg.distributed import World, check_nproc
 from noisyseg.lockstep import process_differences, run_in_processes
 from noisyseg.testing import tiny_run_config as _tiny
@@ -115,6 +117,13 @@ def test_two_processes_train_as_well_as_one_with_the_same_global_batch(tmp_path:
     assert one.metrics["dice"] > 0.6 and two["dice"] > 0.6
     assert abs(two["dice"] - one.metrics["dice"]) < 0.05  # seeds 0-2 differ by 0.01 here
     assert two["steps"] == one.metrics["steps"]
+
+
+def test_a_run_in_two_processes_returns_the_config_its_config_yaml_records(tmp_path: Path) -> None:
+    result = run(tiny_run_config(reweighter={"name": "mcpm"}, train={"epochs": 1},
+                                 output={"dir": str(tmp_path / "run")}), nproc=2, progress=False)
+    assert result.config.train.train_on_meta is True  # resolved (unset, mcpm trains on them too)
+    assert result.config == resolve(yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()))
 
 
 def test_a_resumed_run_may_continue_in_two_processes(tmp_path: Path,
