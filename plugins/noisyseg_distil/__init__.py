@@ -38,7 +38,10 @@ Choices of this implementation (the paper leaves them open here, or they could n
 - the quality net: three blocks of 3x3 convolutions and ReLU (``width``, 2x ``width``, 4x
   ``width`` channels; max pooling after the first two), global average pooling and a linear
   score; its input is the image and the one-hot mask the loop trains on; Adam at ``quality_lr``;
-- volumes get 3-D convolutions in the quality net (the teacher is the run's own network).
+- volumes get 3-D convolutions in the quality net (the teacher is the run's own network);
+- the image-level part is off by default (``image_weights = false``): with it the noise suite
+  collapsed on one seed in three (the quality net's self-confirming loop), without it distil
+  is above plain training on the meta images' validation share (docs/methods/distil.md).
 
 How it fits the interfaces: a reweighter's weights multiply the loss map of the labels the loop
 trains on, so they carry the original-label term (the weights returned are q_n (1 - r u_i)). The
