@@ -67,10 +67,11 @@ def _build(registry: Registry, name: str, **options):
     return reweighter, model
 
 
-@pytest.mark.parametrize("name", ["mcpm", "mwnet"])
-def test_weighting_net_meta_gradient_matches_finite_differences(registry: Registry, name: str) -> None:
+@pytest.mark.parametrize(("name", "temperature"), [("mcpm", 1.0), ("mcpm", 0.25), ("mwnet", 1.0)])
+def test_weighting_net_meta_gradient_matches_finite_differences(registry: Registry, name: str,
+                                                                temperature: float) -> None:
     opts = {"width3": 2, "width5": 2} if name == "mcpm" else {"hidden": 4}
-    reweighter, model = _build(registry, name, **opts)
+    reweighter, model = _build(registry, name, temperature=temperature, **opts)
     x, y = _batch(2)
     xm, ym = _batch(2, seed=1)
     loss = per_pixel_loss(model(x), y)
@@ -273,6 +274,20 @@ def test_mcpm_takes_the_adaptive_interval_by_default_and_a_fixed_one_when_asked(
     assert registry.build("reweighter", "mwnet", {}).options.interval_max is None
     with pytest.raises(ConfigError, match="interval_max"):
         options(interval=20, interval_max=10)
+
+
+def test_a_temperature_sharpens_the_weights_of_the_same_net(registry: Registry) -> None:
+    """With ``temperature = T`` the weight is sigmoid(logit / T) of the same net (same init):
+    below 1 the weights spread further from their mean, never reordered."""
+    loss = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(3)) * 3
+    built = {t: _build(registry, "mcpm", width3=2, width5=2, normalize=False, temperature=t)[0]
+             for t in (1.0, 0.25)}
+    logits = built[1.0].net(loss.unsqueeze(1)).squeeze(1)
+    for t, reweighter in built.items():
+        assert torch.allclose(reweighter.weights(loss), torch.sigmoid(logits / t))
+    plain, sharp = (built[t].weights(loss) for t in (1.0, 0.25))
+    assert (sharp - 0.5).abs().gt((plain - 0.5).abs() - 1e-12).all()
+    assert torch.equal(plain.flatten().argsort(), sharp.flatten().argsort())
 
 
 @pytest.mark.parametrize(("dims", "channels"), [(2, 1), (2, 3), (3, 1)])

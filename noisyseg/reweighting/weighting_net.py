@@ -59,6 +59,9 @@ class MetaNetOptions(BaseModel):
         "classes: the class balance stays the labels')")
     warmup_epochs: int = Field(0, ge=0, description="plain training (weights 1) for these epochs")
     init_bias: float = Field(0.0, description="initial bias of the net's output (sigmoid input)")
+    temperature: float = Field(
+        1.0, gt=0, description="the weight is sigmoid(logit / temperature): below 1 the same "
+        "logits give sharper weights (nearer 0 and 1), in the meta step and the real step alike")
 
     @model_validator(mode="after")
     def _check(self) -> MetaNetOptions:
@@ -147,7 +150,8 @@ class MetaNetReweighter(Reweighter):
         Shape:
             loss_map, labels - (N, H, W) or, for volumes, (N, D, H, W); returns the same shape
         """
-        r = torch.sigmoid(self.net(self.net_input(loss_map, labels))).squeeze(1)
+        logits = self.net(self.net_input(loss_map, labels))
+        r = torch.sigmoid(logits / self.options.temperature).squeeze(1)
         r = r.expand_as(loss_map)
         if self.options.normalize:
             if self.options.normalize_per == "class" and labels is not None:
