@@ -21,6 +21,13 @@ row is not taken for a plain run of the same config.
     python benchmarks/store.py --merge OTHER    # add the runs of a store written elsewhere
     python benchmarks/store.py --compact        # shrink it before committing (configs compressed
                                                 # against a dictionary of stored configs)
+    python benchmarks/store.py --archive-before 2026-12-01   # move older runs to an archive file
+
+Archives keep a committed file under 2 MiB: results.archive-1.sqlite, -2, ... beside the store,
+each a store of its own that is never written again. :func:`rows`, :func:`done` and
+:func:`config_of` read the store and its archives as one (a row keeps its id when archived, and
+the store never hands out an archived id again); ``--sql`` queries them as one through the view
+``all_runs``.
 """
 
 from __future__ import annotations
@@ -54,6 +61,21 @@ CODE_STATE_ENV = "NOISYSEG_CODE_STATE"
 def store_path() -> Path:
     """The store's file: benchmarks/results/results.sqlite, or $NOISYSEG_RESULTS_STORE."""
     return Path(os.environ.get(STORE_ENV) or STORE)
+
+
+def archives(path: Path | None = None) -> list[Path]:
+    """The store's archive files (``<name>.archive-<n>.sqlite`` beside it), oldest first."""
+    path = path or store_path()
+    found = path.parent.glob(f"{path.stem}.archive-*{path.suffix}")
+    numbered = [(int(f.stem.rpartition("-")[2]), f) for f in found
+                if f.stem.rpartition("-")[2].isdigit()]
+    return [f for _, f in sorted(numbered)]
+
+
+def _files(path: Path | None) -> list[Path]:
+    """The store and its archives, the store first (the files that exist)."""
+    path = path or store_path()
+    return [f for f in (path, *archives(path)) if f.exists()]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -182,15 +204,16 @@ def _digest(data: dict[str, Any], options: dict[str, Any] | None) -> str:
 
 
 def done(config_digest: str, path: Path | None = None) -> dict[str, Any] | None:
-    """The stored row of this config on this commit and tree, or None."""
-    path = path or store_path()
-    if not path.exists():
-        return None
+    """The stored row of this config on this commit and tree (in the store or an archive), or
+    None."""
     commit, tree = code_state()
-    with connect(path) as db:
-        row = db.execute("SELECT * FROM runs WHERE config_digest = ? AND git_commit = ? AND "
-                         "git_tree = ?", (config_digest, commit, tree)).fetchone()
-    return _row(row) if row is not None else None
+    for file in _files(path):
+        with connect(file) as db:
+            row = db.execute("SELECT * FROM runs WHERE config_digest = ? AND git_commit = ? AND "
+                             "git_tree = ?", (config_digest, commit, tree)).fetchone()
+        if row is not None:
+            return _row(row)
+    return None
 
 
 def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | None = None,
@@ -228,10 +251,13 @@ def record(*, benchmark: str, metrics: dict[str, Any], config: dict[str, Any] | 
     return {**row, "metrics": _json_safe(metrics)}
 
 
-def _insert(db: sqlite3.Connection, row: dict[str, Any]) -> int:
-    """Store a row (every column of COLUMNS) unless the store holds its run; 1 if it was added."""
-    return db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES "
-                      f"({', '.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS]).rowcount
+def _insert(db: sqlite3.Connection, row: dict[str, Any], row_id: int | None = None) -> int:
+    """Store a row (every column of COLUMNS; under ``row_id`` when given) unless the store holds
+    its run; 1 if it was added."""
+    columns = ("id", *COLUMNS) if row_id is not None else COLUMNS
+    values = [row_id] * (row_id is not None) + [row[c] for c in COLUMNS]
+    return db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) VALUES "
+                      f"({', '.join('?' * len(columns))})", values).rowcount
 
 
 def _pack(metrics: dict[str, Any]) -> str:
@@ -327,10 +353,7 @@ def _metrics_digest(benchmark: str, fields: dict[str, Any]) -> str:
 
 def rows(path: Path | None = None, **where: Any) -> list[dict[str, Any]]:
     """Stored rows matching ``where`` (column = value; a list or tuple: any of them), metrics
-    as a dict, oldest first."""
-    path = path or store_path()
-    if not path.exists():
-        return []
+    as a dict, oldest first: the store's and its archives'."""
     clauses, args = [], []
     for column, value in where.items():
         if column not in COLUMNS:
@@ -338,9 +361,12 @@ def rows(path: Path | None = None, **where: Any) -> list[dict[str, Any]]:
         values = list(value) if isinstance(value, (list, tuple, set)) else [value]
         clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
         args += values
-    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY date, id"
-    with connect(path) as db:
-        return [_row(r) for r in db.execute(sql, args)]
+    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    found = []
+    for file in _files(path):
+        with connect(file) as db:
+            found += [_row(r) for r in db.execute(sql, args)]
+    return sorted(found, key=lambda r: (r["date"] or "", r["id"]))
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
@@ -352,20 +378,31 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def config_of(row_id: int, path: Path | None = None) -> dict[str, Any] | None:
-    """The resolved config a stored run trained with."""
-    with connect(path) as db:
-        row = db.execute("SELECT config, config_dictionary FROM runs WHERE id = ?",
-                         (row_id,)).fetchone()
-        return _decompress(db, row["config"], row["config_dictionary"]) if row["config"] else None
+    """The resolved config a stored run (in the store or an archive) trained with."""
+    for file in _files(path):
+        with connect(file) as db:
+            row = db.execute("SELECT config, config_dictionary FROM runs WHERE id = ?",
+                             (row_id,)).fetchone()
+            if row is not None:
+                return _decompress(db, row["config"], row["config_dictionary"]) if row["config"] else None
+    raise KeyError(f"no run {row_id} in {path or store_path()} or its archives")
 
 
 def merge(other: Path, path: Path | None = None) -> int:
     """Copy into the store the runs of ``other`` (a store written elsewhere, e.g. on a lent GPU
     machine) it does not hold (same config, commit and tree: kept once); their configs are
     compressed again against this store's dictionary. Returns how many rows were added."""
-    with closing(sqlite3.connect(other)) as source:
+    return _copy(other, "SELECT * FROM runs ORDER BY id", (), path)
+
+
+def _copy(source_path: Path, query: str, args: tuple, path: Path | None,
+          keep_ids: bool = False) -> int:
+    """Copy the rows ``query`` selects in ``source_path`` into the store at ``path`` (configs
+    compressed again against its dictionary; with ``keep_ids``, under their ids). Returns how
+    many rows were added."""
+    with closing(sqlite3.connect(source_path)) as source:
         source.row_factory = sqlite3.Row
-        theirs = source.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        theirs = source.execute(query, args).fetchall()
         configs = [_decompress(source, r["config"], _get(r, "config_dictionary"))
                    if r["config"] else None for r in theirs]
     added = 0
@@ -375,8 +412,36 @@ def merge(other: Path, path: Path | None = None) -> int:
             values["metrics"] = _pack(json.loads(values["metrics"]))
             values["config_dictionary"], values["config"] = (
                 _compress(db, config) if config is not None else (None, None))
-            added += _insert(db, values)
+            added += _insert(db, values, row["id"] if keep_ids else None)
     return added
+
+
+def archive(before: str, path: Path | None = None) -> tuple[Path, int]:
+    """Move the runs dated before ``before`` (an ISO date) to a new archive file beside the
+    store (compacted, never written again) and compact the store. A row keeps its id; the store's
+    newest run stays, so the store never hands out an archived id again. Returns the archive's
+    path and how many runs moved."""
+    path = path or store_path()
+    if not path.is_file():
+        raise SystemExit(f"no results store at {path}")
+    with connect(path) as db:
+        moving = [r[0] for r in db.execute("SELECT id FROM runs WHERE date < ?", (before,))]
+        newest = db.execute("SELECT max(id) FROM runs").fetchone()[0]
+    if not moving:
+        raise SystemExit(f"--archive-before {before}: no run in {path} is older")
+    if newest in moving:
+        raise SystemExit(f"--archive-before {before} would move the store's newest run (id "
+                         f"{newest}); pick an earlier date so that the store keeps its newest")
+    taken = archives(path)
+    number = int(taken[-1].stem.rpartition("-")[2]) + 1 if taken else 1
+    target = path.with_name(f"{path.stem}.archive-{number}{path.suffix}")
+    moved = _copy(path, "SELECT * FROM runs WHERE date < ? ORDER BY id", (before,), target,
+                  keep_ids=True)
+    compact(target)
+    with connect(path, write=True) as db:
+        db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in moving])
+    compact(path)
+    return target, moved
 
 
 def _get(row: sqlite3.Row, column: str) -> Any:
@@ -397,13 +462,22 @@ def _json_safe(value: Any) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sql", help="run this query and print the rows")
+    parser.add_argument("--sql", help="run this query and print the rows (table runs: the store's "
+                                      "own; view all_runs: with its archives')")
     parser.add_argument("--store", type=Path, default=None, help=f"default: {STORE}")
     parser.add_argument("--merge", type=Path, metavar="OTHER",
                         help="add the runs of another store file it does not hold")
     parser.add_argument("--compact", action="store_true",
                         help="shrink the file (configs against a shared dictionary, VACUUM)")
+    parser.add_argument("--archive-before", metavar="DATE",
+                        help="move the runs dated before DATE (e.g. 2026-12-01) to a new archive "
+                             "file beside the store (keeps each committed file under 2 MiB)")
     args = parser.parse_args()
+    if args.archive_before:
+        target, moved = archive(args.archive_before, args.store)
+        print(f"{moved} runs moved to {target} ({target.stat().st_size / 1e6:.2f} MB); "
+              f"{args.store or store_path()}: {(args.store or store_path()).stat().st_size / 1e6:.2f} MB")
+        return
     if args.merge:
         if not args.merge.is_file():
             raise SystemExit(f"--merge {args.merge}: no such store file")
@@ -414,9 +488,14 @@ def main() -> None:
     if args.merge or args.compact:
         return
     query = args.sql or ("SELECT benchmark, preset, substr(git_commit, 1, 10) AS commit_, git_tree, "
-                         "count(*) AS runs, min(date) AS first, max(date) AS last FROM runs "
+                         "count(*) AS runs, min(date) AS first, max(date) AS last FROM all_runs "
                          "GROUP BY benchmark, preset, git_commit, git_tree ORDER BY last")
     with connect(args.store) as db:
+        parts = ["SELECT * FROM main.runs"]
+        for i, file in enumerate(archives(args.store)):  # all_runs: the store's and its archives'
+            db.execute(f"ATTACH DATABASE ? AS archive{i}", (str(file),))
+            parts.append(f"SELECT * FROM archive{i}.runs")
+        db.execute("CREATE TEMP VIEW all_runs AS " + " UNION ALL ".join(parts))
         cursor = db.execute(query)
         names = [d[0] for d in cursor.description]
         print("\t".join(names))

@@ -135,3 +135,41 @@ def test_a_recipe_s_last_stage_is_stored_once_and_reads_back_as_recorded(tmp_pat
     assert store.merge(path, other) == 1
     with sqlite3.connect(other) as db:
         assert db.execute("select metrics from runs").fetchone()[0] == text
+
+
+def test_archiving_moves_old_runs_to_a_file_of_their_own_and_every_reader_still_sees_them(
+        tmp_path: Path) -> None:
+    import subprocess
+
+    import pytest
+
+    store = _store()
+    path = tmp_path / "store.sqlite"
+    for day in range(1, 7):
+        store.record(benchmark="test", metrics={"dice": day / 10}, config={"seed": day},
+                     path=path, seed=day, date=f"2026-11-0{day}T12:00:00+00:00")
+    before = store.rows(path)
+    configs = {r["id"]: store.config_of(r["id"], path) for r in before}
+
+    target, moved = store.archive("2026-11-04", path)
+
+    assert (target.name, moved) == ("store.archive-1.sqlite", 3)
+    assert store.archives(path) == [target]
+    with sqlite3.connect(path) as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 3
+    assert store.rows(path) == before  # ids, order and metrics as they were
+    assert {i: store.config_of(i, path) for i in configs} == configs
+    assert store.rows(path, seed=[1, 6])[0]["metrics"] == {"dice": 0.1}
+    assert store.done(store.digest({"seed": 1}), path)["seed"] == 1  # an archived run is not rerun
+    _record(store, path, 7, epochs=1)  # a new run never takes an archived id
+    assert store.rows(path, seed=7)[0]["id"] > max(configs)
+    with pytest.raises(SystemExit, match="newest"):
+        store.archive("2100-01-01", path)
+    with pytest.raises(SystemExit, match="no run"):
+        store.archive("2026-11-01", path)
+    assert store.archive("2026-11-05", path)[0].name == "store.archive-2.sqlite"
+    assert [r["seed"] for r in store.rows(path)] == [1, 2, 3, 4, 5, 6, 7]
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "store.py"), "--store",
+                          str(path), "--sql", "select count(*) as n from all_runs"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["n", "7"]
