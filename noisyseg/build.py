@@ -14,7 +14,7 @@ from noisyseg.components import Components
 from noisyseg.config import Config, resolve
 from noisyseg.distributed import World
 from noisyseg.errors import ConfigError
-from noisyseg.kinds import KINDS
+from noisyseg.kinds import AUTO, KINDS
 from noisyseg.plugins import Registry
 
 
@@ -50,18 +50,28 @@ def seed_everything(seed: int) -> None:
 
 
 def build_components(config: Config, registry: Registry) -> Components:
-    """Every kind's component as the config names it, its options validated."""
-    sections = {key: getattr(config, key) for key in KINDS}
-    return Components({key: registry.build(key, s.name, s.options) for key, s in sections.items()})
+    """Every kind's component as the config names it, its options validated; corrector "auto":
+    the one the reweighter pairs with (``Reweighter.default_corrector``)."""
+    names = {key: getattr(config, key).name for key in KINDS}
+    if names["corrector"] == AUTO:
+        names["corrector"] = registry.get("reweighter", names["reweighter"]).default_corrector
+    return Components({key: registry.build(key, names[key], getattr(config, key).options)
+                       for key in KINDS})
 
 
-def with_options(config: Config, parts: Components) -> Config:
-    """The config with every component's options as validated, defaults filled in, and
-    train.train_on_meta as the reweighter decides it when unset: what config.yaml records, so
-    a repeated run does not depend on a plugin's defaults staying put."""
+def with_options(config: Config, parts: Components, keep_auto: bool = False) -> Config:
+    """The config with every component's options as validated, defaults filled in, corrector
+    "auto" replaced by the corrector built, and train.train_on_meta as the reweighter decides it
+    when unset: what config.yaml records, so a repeated run does not depend on a plugin's
+    defaults staying put. ``keep_auto``: corrector "auto" stays as given (a recipe's run, whose
+    stages each pair it with their own reweighter)."""
     data = config.model_dump(mode="json")
+    kept = ("corrector",) if keep_auto and config.corrector.name == AUTO else ()
     for key in KINDS:
-        data[key]["options"] = getattr(parts, key).options.model_dump(mode="json")
+        if key not in kept:
+            data[key]["options"] = getattr(parts, key).options.model_dump(mode="json")
+    if not kept:
+        data["corrector"]["name"] = parts.corrector.name
     if data["train"]["train_on_meta"] is None:
         data["train"]["train_on_meta"] = trains_on_meta_by_default(type(parts.reweighter))
     return resolve(data)

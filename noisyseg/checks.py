@@ -11,6 +11,7 @@ from noisyseg.augment import GEOMETRIC, ONE_TO_ONE, enabled
 from noisyseg.components import Components, Splits
 from noisyseg.config import Config
 from noisyseg.errors import ConfigError
+from noisyseg.kinds import AUTO
 
 
 def check_augment(config: Config, parts: Components) -> None:
@@ -18,11 +19,13 @@ def check_augment(config: Config, parts: Components) -> None:
     to come from exactly one original pixel: flips and 90-degree turns, not affine or elastic."""
     moved = [name for name in enabled(config.augment) if name in GEOMETRIC and name not in ONE_TO_ONE]
     if moved and parts.corrector.observes_weights:
+        picked = (f" (the one reweighter '{config.reweighter.name}' pairs with, as corrector.name "
+                  "is auto; corrector.name=none turns it off)" if config.corrector.name == AUTO else "")
         raise ConfigError(
-            f"corrector '{config.corrector.name}' keeps the reweighter's weights pixel by pixel, "
-            f"and augment.{moved[0]} merges and drops pixels, so the weights cannot be put back "
-            "where they belong; use augment.hflip, vflip, rotate90 and the intensity transforms "
-            "with this corrector"
+            f"corrector '{parts.corrector.name}'{picked} keeps the reweighter's weights pixel by "
+            f"pixel, and augment.{moved[0]} merges and drops pixels, so the weights cannot be put "
+            "back where they belong; use augment.hflip, vflip, rotate90 and the intensity "
+            "transforms with this corrector"
         )
 
 

@@ -24,7 +24,8 @@ def kind_flags(func: Callable[..., Any]) -> Callable[..., Any]:
     """One flag per kind of component (--dataset, --noise, ... --corrector): its name."""
     for kind in reversed(KINDS.values()):
         func = click.option(f"--{kind.key}", metavar="NAME",
-                            help=f"The {kind.label}, by name (default: {kind.default}).")(func)
+                            help=f"The {kind.label}, by name (default: {kind.default}"
+                                 f"{': ' + kind.default_means if kind.default_means else ''}).")(func)
     return func
 
 

@@ -20,7 +20,6 @@ from noisyseg.components import (
     StepContext,
 )
 from noisyseg.fixtures import cpu_run_context, random_masks, saved_and_loaded, tiny_model
-from noisyseg.kinds import KINDS
 from noisyseg.outputs import out_channels, per_pixel_loss
 from noisyseg.precision import FP32, Precision, upcast
 
@@ -214,6 +213,7 @@ def check_corrector(cls: type[LabelCorrector], options: dict[str, Any] | None = 
 def check_recipe(cls: type[Recipe], options: dict[str, Any] | None = None) -> None:
     """Options built on RecipeOptions; every stage's config resolves from the default run's (its
     overlay names real settings and components), and a stage's rules fit the stage before."""
+    from noisyseg.build import build_components
     from noisyseg.config import Config
     from noisyseg.plugins import Registry, build_plugin_manager
     from noisyseg.recipes import Finished, stage_config
@@ -228,7 +228,5 @@ def check_recipe(cls: type[Recipe], options: dict[str, Any] | None = None) -> No
     for i, stage in enumerate(recipe.stages):
         out = None if len(recipe.stages) == 1 else Path("runs/check") / f"{i + 1}-{stage.name}"
         config = stage_config(base, recipe, i, previous, registry, out)
-        for key in KINDS:  # every component the stage picks exists, with valid options
-            section = getattr(config, key)
-            registry.build(key, section.name, section.options)
+        build_components(config, registry)  # every component the stage picks exists, valid
         previous = Finished(config, {"steps": 100})

@@ -258,6 +258,7 @@ def _spawn_run(cfg: Config, resume: str | Path | None, nproc: int, progress: boo
     parts = build_components(cfg, Registry(build_plugin_manager()))
     check_augment(cfg, parts)  # fail here, not in N processes
     check_precision(cfg, parts, resolve_device(cfg.device))
+    cfg = with_options(cfg, parts)  # the run directory's name holds the corrector built
     if cfg.train.batch_size % nproc:
         raise ConfigError(batch_share_error(cfg.train.batch_size, nproc))
     if resume is None:

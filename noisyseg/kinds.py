@@ -41,12 +41,18 @@ class Kind:
     #: loss, reweighter, corrector), False when the run's choice reaches every stage (the data,
     #: the noise, the network)
     per_stage: bool = False
+    #: what the default stands for, when it is not a component's name (the help text says it)
+    default_means: str = ""
 
     @property
     def base(self) -> Any:
         """The base class (imports :mod:`noisyseg.components`, hence torch)."""
         return getattr(import_module("noisyseg.components"), self.base_name)
 
+
+#: the corrector a run uses unless its config names one: the reweighter's pick
+#: (``Reweighter.default_corrector``), resolved where the components are built
+AUTO = "auto"
 
 KINDS: dict[str, Kind] = {kind.key: kind for kind in (
     Kind("dataset", "Dataset", "register_datasets", "dataset", "datasets", "synthetic",
@@ -59,7 +65,8 @@ KINDS: dict[str, Kind] = {kind.key: kind for kind in (
     Kind("reweighter", "Reweighter", "register_reweighters", "reweighter", "reweighters", "none",
          "check_reweighter", per_stage=True),
     Kind("corrector", "LabelCorrector", "register_label_correctors", "label corrector",
-         "label correctors", "none", "check_corrector", per_stage=True),
+         "label correctors", AUTO, "check_corrector", per_stage=True,
+         default_means="the one the reweighter pairs with, else none"),
     Kind("recipe", "Recipe", "register_recipes", "recipe", "recipes", "none", "check_recipe",
          per_stage=True),
 )}

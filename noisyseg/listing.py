@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from noisyseg.errors import ConfigError
-from noisyseg.kinds import KINDS
+from noisyseg.kinds import AUTO, KINDS
 from noisyseg.plugin_index import entries
 
 
@@ -62,8 +62,9 @@ def options_json(index: dict[str, Any], name: str) -> dict[str, Any]:
 
 def default_config(index: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """Config data with every component section's options filled in with the component's
-    defaults, and train.train_on_meta as the reweighter decides it when unset (what ``noisyseg
-    config`` shows, as :func:`noisyseg.build.with_options` does), from the index."""
+    defaults, corrector "auto" and train.train_on_meta as the reweighter decides them when unset
+    (what ``noisyseg config`` shows, as :func:`noisyseg.build.with_options` does), from the
+    index."""
     out = dict(data)
     for key in KINDS:
         section = dict(out.get(key) or {})
@@ -73,4 +74,7 @@ def default_config(index: dict[str, Any], data: dict[str, Any]) -> dict[str, Any
         out[key] = {**section, "name": name, "options": {**defaults, **section.get("options", {})}}
         if key == "reweighter" and found and (out.get("train") or {}).get("train_on_meta") is None:
             out["train"] = {**(out.get("train") or {}), "train_on_meta": found[0]["trains_on_meta"]}
+        corrector = dict(out.get("corrector") or {})
+        if key == "reweighter" and found and corrector.get("name", AUTO) == AUTO:
+            out["corrector"] = {**corrector, "name": found[0]["default_corrector"]}
     return out

@@ -63,6 +63,8 @@ class Reweighter(Component):
     #: whether the meta images are also training images when train.train_on_meta is not set;
     #: None: only when the reweighter does not learn from them itself
     trains_on_meta: ClassVar[bool | None] = None
+    #: the label corrector a run uses with it when the config leaves corrector.name at "auto"
+    default_corrector: ClassVar[str] = "none"
     #: False when it cannot train with train.precision = fp16: it takes gradients through the
     #: network of its own (a meta reweighter's virtual step) that fp16's gradient scaler does not
     #: scale, so they would underflow; the run then stops with a one-line error before training

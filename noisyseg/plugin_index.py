@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 #: bump when the index's layout changes
-LAYOUT = 2
+LAYOUT = 3
 GROUP = "noisyseg"
 AUTOLOAD_ENV = "NOISYSEG_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -111,7 +111,8 @@ def build() -> dict[str, Any]:
             "description": e.cls.describe(), "details": e.cls.details(),
             "options": option_rows(e.cls),
             "defaults": e.cls.Options().model_dump(mode="json") if _has_defaults(e.cls) else None,
-            **({"trains_on_meta": trains_on_meta_by_default(e.cls)} if key == "reweighter" else {}),
+            **({"trains_on_meta": trains_on_meta_by_default(e.cls),
+                "default_corrector": e.cls.default_corrector} if key == "reweighter" else {}),
         } for e in registry.entries(key)]
     commands = sorted(impl.plugin_name for impl in pm.hook.register_commands.get_hookimpls())
     return {"layout": LAYOUT, "kinds": kinds, "commands": commands,

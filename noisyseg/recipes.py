@@ -228,7 +228,7 @@ def _top_dir(cfg: Config | None, resume: Path | None, registry: Registry,
     if world.is_main:
         rundir.check_free(top, cfg.output.overwrite)
     created = not top.exists()
-    return top, with_options(cfg, build_components(cfg, registry)), created
+    return top, with_options(cfg, build_components(cfg, registry), keep_auto=True), created
 
 
 def _recipe_result(top: Path, cfg: Config, stages: list[Stage], finished: list[Finished],

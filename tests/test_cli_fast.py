@@ -52,14 +52,18 @@ def test_the_index_shows_what_the_plugins_themselves_say(warm: Path) -> None:
     assert saved["commands"] == fresh["commands"] == []
 
 
-def test_config_from_the_index_equals_the_resolved_default() -> None:
+@pytest.mark.parametrize("data", [{}, {"reweighter": {"name": "mcpm"}}])
+def test_config_from_the_index_equals_the_resolved_default(data: dict) -> None:
+    """Without torch, ``noisyseg config`` fills the options, train_on_meta and corrector "auto"
+    as a run does."""
     from noisyseg import listing
     from noisyseg.build import build_components, with_options
-    from noisyseg.config import Config, dump, resolve
+    from noisyseg.config import dump, resolve
     from noisyseg.plugins import Registry, build_plugin_manager
 
-    slow = dump(with_options(Config(), build_components(Config(), Registry(build_plugin_manager()))))
-    assert dump(resolve(listing.default_config(plugin_index.build(), {}))) == slow
+    cfg = resolve(data)
+    slow = dump(with_options(cfg, build_components(cfg, Registry(build_plugin_manager()))))
+    assert dump(resolve(listing.default_config(plugin_index.build(), data))) == slow
 
 
 def test_a_changed_plugin_file_makes_the_index_stale() -> None:

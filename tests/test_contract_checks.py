@@ -115,7 +115,8 @@ def test_a_runs_config_yaml_holds_every_option_of_every_component(tmp_path: Path
     assert saved["reweighter"]["options"]["meta_lr"] == 0.01        # a default, written down
     assert saved["dataset"]["options"]["noise_std"] == 0.06
     assert saved["noise"]["options"] == {"min_radius": 0.0, "max_radius": 6.0}
-    assert saved["corrector"]["options"] == {}
+    assert saved["corrector"] == {"name": "relabel", "options": {  # mcpm's pairing, written down
+        "warmup_epochs": 2, "momentum": 0.5, "threshold": 0.3, "confidence": 0.5}}
     shown = yaml.safe_load(CliRunner().invoke(cli, ["config"]).output)
     assert shown["reweighter"]["options"] == {} and shown["backbone"]["options"]["base_channels"] == 16
 

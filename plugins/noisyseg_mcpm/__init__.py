@@ -118,6 +118,9 @@ class MCPMReweighter(MetaNetReweighter):
     #: the meta images are training images too (train.train_on_meta = false keeps them out): on
     #: the validation share this beat keeping them for the meta step alone
     trains_on_meta = True
+    #: corrector "auto" (the default) relabels what it keeps down-weighting: on the validation
+    #: share this beat mcpm alone (docs/methods/mcpm.md); corrector.name=none turns it off
+    default_corrector = "relabel"
 
     def build_net(self) -> nn.Module:
         o = self.options
