@@ -72,9 +72,10 @@ def default_config(index: dict[str, Any], data: dict[str, Any]) -> dict[str, Any
         found = [e for e in entries(index, key) if e["name"] == name]
         defaults = found[0]["defaults"] if found and found[0]["defaults"] is not None else {}
         out[key] = {**section, "name": name, "options": {**defaults, **section.get("options", {})}}
-        if key == "reweighter" and found and (out.get("train") or {}).get("train_on_meta") is None:
-            out["train"] = {**(out.get("train") or {}), "train_on_meta": found[0]["trains_on_meta"]}
-        corrector = dict(out.get("corrector") or {})
-        if key == "reweighter" and found and corrector.get("name", AUTO) == AUTO:
-            out["corrector"] = {**corrector, "name": found[0]["default_corrector"]}
+        if key == "reweighter" and found:  # what the reweighter decides when the config does not
+            if (out.get("train") or {}).get("train_on_meta") is None:
+                out["train"] = {**(out.get("train") or {}), "train_on_meta": found[0]["trains_on_meta"]}
+            corrector = dict(out.get("corrector") or {})
+            if corrector.get("name", AUTO) == AUTO:
+                out["corrector"] = {**corrector, "name": found[0]["default_corrector"]}
     return out

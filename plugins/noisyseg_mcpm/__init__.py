@@ -11,6 +11,11 @@ interval grow from 1 to 10 over the run (about a quarter of the steps take a met
 plain steps per step instead of 4.00 on the 2-core CPU), chosen because Dice and detection stayed within
 the exact method's seed spread at r = 0.4 and 0.8 (docs/history.md). ``interval_max = null``
 is the paper's schedule.
+
+A run pairs mcpm with the ``relabel`` corrector unless its config names a corrector: the pixels
+the mask net keeps down-weighting take the network's confident prediction (chosen on the meta
+images' validation share; docs/methods/mcpm.md). ``corrector.name = none``: the mask net alone
+(Eqs. 3-5).
 """
 
 from __future__ import annotations
