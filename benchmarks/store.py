@@ -67,9 +67,13 @@ def archives(path: Path | None = None) -> list[Path]:
     """The store's archive files (``<name>.archive-<n>.sqlite`` beside it), oldest first."""
     path = path or store_path()
     found = path.parent.glob(f"{path.stem}.archive-*{path.suffix}")
-    numbered = [(int(f.stem.rpartition("-")[2]), f) for f in found
-                if f.stem.rpartition("-")[2].isdigit()]
-    return [f for _, f in sorted(numbered)]
+    return sorted((f for f in found if _archive_number(f) is not None), key=_archive_number)
+
+
+def _archive_number(file: Path) -> int | None:
+    """n of ``<name>.archive-<n>.sqlite``; None for a file not named so."""
+    number = file.stem.rpartition("-")[2]
+    return int(number) if number.isdigit() else None
 
 
 def _files(path: Path | None) -> list[Path]:
@@ -433,7 +437,7 @@ def archive(before: str, path: Path | None = None) -> tuple[Path, int]:
         raise SystemExit(f"--archive-before {before} would move the store's newest run (id "
                          f"{newest}); pick an earlier date so that the store keeps its newest")
     taken = archives(path)
-    number = int(taken[-1].stem.rpartition("-")[2]) + 1 if taken else 1
+    number = _archive_number(taken[-1]) + 1 if taken else 1
     target = path.with_name(f"{path.stem}.archive-{number}{path.suffix}")
     moved = _copy(path, "SELECT * FROM runs WHERE date < ? ORDER BY id", (before,), target,
                   keep_ids=True)
@@ -475,8 +479,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.archive_before:
         target, moved = archive(args.archive_before, args.store)
+        store = args.store or store_path()
         print(f"{moved} runs moved to {target} ({target.stat().st_size / 1e6:.2f} MB); "
-              f"{args.store or store_path()}: {(args.store or store_path()).stat().st_size / 1e6:.2f} MB")
+              f"{store}: {store.stat().st_size / 1e6:.2f} MB")
         return
     if args.merge:
         if not args.merge.is_file():

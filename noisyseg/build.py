@@ -66,11 +66,11 @@ def with_options(config: Config, parts: Components, keep_auto: bool = False) -> 
     defaults staying put. ``keep_auto``: corrector "auto" stays as given (a recipe's run, whose
     stages each pair it with their own reweighter)."""
     data = config.model_dump(mode="json")
-    kept = ("corrector",) if keep_auto and config.corrector.name == AUTO else ()
+    kept_auto = keep_auto and config.corrector.name == AUTO
     for key in KINDS:
-        if key not in kept:
+        if not (kept_auto and key == "corrector"):
             data[key]["options"] = getattr(parts, key).options.model_dump(mode="json")
-    if not kept:
+    if not kept_auto:
         data["corrector"]["name"] = parts.corrector.name
     if data["train"]["train_on_meta"] is None:
         data["train"]["train_on_meta"] = trains_on_meta_by_default(type(parts.reweighter))
